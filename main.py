@@ -1,0 +1,356 @@
+"""Train StackGAN on fashion images, or generate garments from text.
+
+    python main.py --train y --stage 1                    # Stage I on the built-in data
+    python main.py --train y --stage 1 --data_dir DFMM    # Stage I on DeepFashion-MultiModal
+    python main.py --train y --stage 2 --data_dir DFMM --stage1_g output/stage1/last.pt
+    python main.py --train n --prompt "red dress with lace" --prompt "black leggings"
+
+One training loop serves both stages: the stage decides which G/D pair is built and
+which cached image size is read. Every config.Config field is also a flag
+(`--gf_dim 64`, `--lr_decay_epoch 10`, ...); `python main.py -h` lists them all.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from config import BUILTIN_PRESET, KINDS, Config
+from utils import (LossLog, UserError, check_arch, check_writable_dir, init_wandb,
+                   load_checkpoint, requires_grad, resolve_device, save_checkpoint, save_grid,
+                   set_seed, discriminator_loss, generator_loss)
+
+DEFAULT_PROMPTS = [
+    "The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.",
+    "The gentleman wears a long-sleeve T-shirt with blue and white striped patterns.",
+    "The lady wears a long dress in green with floral patterns.",
+    "The lady wears a short dress in black with pure color patterns.",
+    "The gentleman wears long pants. The pants are navy with pure color patterns and denim fabric.",
+    "The lady wears long pants. The pants are beige with checked patterns.",
+    "The lady wears black leggings of ankle length with pure color patterns.",
+    "The lady wears purple leggings with dotted patterns.",
+    "A pair of white sneakers with pure color patterns.",
+    "A pair of brown ankle boots with pure color patterns.",
+]
+DEBUG = dict(epochs=1, max_samples=64, batch_size=16, gf_dim=8, df_dim=8, snapshot_interval=1,
+             builtin_per_kind=20, builtin_dir="data/synthetic_debug", n_samples=4, log_interval=1)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+def yes_no(v: str) -> bool:
+    v = v.strip().lower()
+    if v in ("y", "yes", "true", "1"):
+        return True
+    if v in ("n", "no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError("expected y or n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Text-to-fashion StackGAN: train or generate.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--train", type=yes_no, default=True, help="y: train; n: generate sample grids")
+    p.add_argument("--stage", type=int, choices=(1, 2), default=None,
+                   help="1: 64px Stage I; 2: 256px Stage II (training default 1; generation: "
+                        "the checkpoint's)")
+    p.add_argument("--data_dir", default=None,
+                   help="DFMM-layout folder; omitted: the built-in synthetic garments")
+    p.add_argument("--stage1_g", default=None, help="Stage-I checkpoint (required for Stage II)")
+    p.add_argument("--net_g", default=None,
+                   help="generator checkpoint for --train n (default: OUT_DIR/stage2/last.pt, "
+                        "else OUT_DIR/stage1/last.pt)")
+    p.add_argument("--prompt", action="append", default=None,
+                   help="text to draw (repeatable); default: one prompt set covering all kinds")
+    p.add_argument("--prompts_file", default=None, help="file with one prompt per line")
+    p.add_argument("--debug", action="store_true", help="a tiny run for smoke tests")
+    p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
+                   default=None, help="WandB mode (default: offline unless WANDB_API_KEY is set)")
+    given = {a.dest for a in p._actions}
+    for f in dataclasses.fields(Config):
+        if f.name in given or f.type not in ("int", "float", "str", "Optional[str]"):
+            continue
+        typ = {"int": int, "float": float}.get(f.type, str)
+        p.add_argument(f"--{f.name}", type=typ, default=None,
+                       help=f"(config, default {f.default!r})")
+    return p
+
+
+def make_config(args) -> tuple[Config, set]:
+    """Config from defaults <- presets <- explicit flags. Returns it and the flags given."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    explicit = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values = {}
+    if args.data_dir is None:
+        values.update(BUILTIN_PRESET)
+    if args.debug:
+        values.update(DEBUG)
+    values.update(explicit)
+    return Config(**values), set(explicit)
+
+
+# ---------------------------------------------------------------------------- models
+
+def load_generator(path, device, expect_stage=None):
+    """(G in eval mode, its Config, the checkpoint dict) from a checkpoint file."""
+    from model import Stage1_G, Stage2_G
+    state = load_checkpoint(path)
+    cfg = Config.from_dict(state["config"])
+    if expect_stage is not None and cfg.stage != expect_stage:
+        raise UserError(f"{path} holds a Stage-{cfg.stage} generator, a Stage-{expect_stage} "
+                        "one is needed here")
+    if cfg.stage == 1:
+        g = Stage1_G(cfg)
+    else:
+        s1cfg = Config.from_dict(state["stage1_config"])
+        g = Stage2_G(cfg, Stage1_G(s1cfg))
+    try:
+        g.load_state_dict(state["netG"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: the weights do not fit the model its config describes "
+                        f"({str(e).splitlines()[0]})") from None
+    return g.to(device).eval(), cfg, state
+
+
+# -------------------------------------------------------------------------- training
+
+def snapshot_rows(data, per_kind: int = 2):
+    """Sample indices for the fixed snapshot grid: the first `per_kind` of each kind."""
+    rows, seen = [], {}
+    for i, k in enumerate(data.kinds):
+        if seen.get(k, 0) < per_kind:
+            rows.append(i)
+            seen[k] = seen.get(k, 0) + 1
+    order = {k: n for n, k in enumerate(KINDS)}
+    return sorted(rows, key=lambda i: order.get(data.kinds[i], 99))
+
+
+@torch.no_grad()
+def write_snapshot(netG, data, rows, noise, path, stage: int):
+    """Grid: per caption row, the real image then the generated ones (Stage II: each
+    256px image follows its Stage-I 64px draft)."""
+    was_training = netG.training
+    netG.eval()
+    dev = noise.device
+    emb = data.emb[rows].to(dev)
+    n = noise.size(1)
+    cols = [data.pixels(rows).to(dev)]
+    size = cols[0].shape[-1]
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(1234)  # the same condition samples at every snapshot
+        for k in range(n):
+            if stage == 2:
+                img, _, _, low = netG(emb, noise[:, k], return_stage1=True)
+                cols.append(F.interpolate(low, size=size, mode="nearest"))
+            else:
+                img, _, _ = netG(emb, noise[:, k])
+            cols.append(img)
+    grid = torch.stack(cols, 1).flatten(0, 1)
+    labels = [f"{data.kinds[i]}: {data.captions[i]}" for i in rows]
+    save_grid(grid, path, nrow=len(cols), row_labels=labels)
+    netG.train(was_training)
+
+
+def train(cfg: Config, explicit: set, stage1_path=None) -> Path:
+    from datasets import load_data
+    from model import build_models
+    set_seed(cfg.seed)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    out = check_writable_dir(Path(cfg.out_dir) / f"stage{cfg.stage}")
+
+    stage1_g, stage1_cfg = None, None
+    if cfg.stage == 2:
+        if not stage1_path:
+            raise UserError("Stage II refines a trained Stage-I generator: pass --stage1_g "
+                            "PATH (e.g. output/stage1/last.pt from `--train y --stage 1`)")
+        stage1_g, stage1_cfg, _ = load_generator(stage1_path, "cpu", expect_stage=1)
+        if stage1_cfg.text_model != cfg.text_model:
+            raise UserError(f"{stage1_path} was trained with text model {stage1_cfg.text_model!r}, "
+                            f"this run uses {cfg.text_model!r}")
+        shared = ("stage1_size", "z_dim", "condition_dim", "text_dim")
+        cfg = dataclasses.replace(cfg, **{k: getattr(stage1_cfg, k) for k in shared
+                                          if k not in explicit})
+        check_arch({k: getattr(stage1_cfg, k) for k in shared}, cfg, stage1_path)
+
+    if cfg.data_dir is None:
+        from synthetic import ensure_synthetic
+        print(f"no --data_dir: using the built-in synthetic garments in {cfg.builtin_dir}")
+        ensure_synthetic(cfg.builtin_dir, n_per_kind=cfg.builtin_per_kind, seed=0)
+    data = load_data(cfg, cfg.image_size)
+    counts = {k: data.kinds.count(k) for k in KINDS}
+    print(f"stage {cfg.stage}: {len(data)} training images ({', '.join(f'{k} {v}' for k, v in counts.items())})")
+    if len(data) < cfg.batch_size:
+        cfg = dataclasses.replace(cfg, batch_size=max(2, len(data)))
+        print(f"fewer images than a batch: batch size set to {cfg.batch_size}")
+
+    netG, netD = build_models(cfg, stage1_g)
+    netG.to(device).train()
+    netD.to(device).train()
+    g_params = [p for p in netG.parameters() if p.requires_grad]
+    optG = torch.optim.Adam(g_params, lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+    optD = torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    schedG = torch.optim.lr_scheduler.StepLR(optG, cfg.lr_decay_epoch, gamma=0.5)
+    schedD = torch.optim.lr_scheduler.StepLR(optD, cfg.lr_decay_epoch, gamma=0.5)
+
+    run = init_wandb(cfg, f"train-stage{cfg.stage}", out)
+    log = LossLog(out / "losses.csv", run)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rows = snapshot_rows(data)
+    fixed_noise = torch.randn(len(rows), 4 if cfg.stage == 1 else 2, cfg.z_dim,
+                              generator=gen).to(device)
+
+    def checkpoint(epoch, step, tag):
+        state = {"netG": netG.state_dict(), "netD": netD.state_dict(),
+                 "optG": optG.state_dict(), "optD": optD.state_dict(),
+                 "schedG": schedG.state_dict(), "schedD": schedD.state_dict(),
+                 "epoch": epoch, "step": step, "config": cfg.to_dict(),
+                 "stage1_config": stage1_cfg.to_dict() if stage1_cfg else None}
+        save_checkpoint(state, out / "checkpoints" / f"{tag}.pt")
+        return save_checkpoint(state, out / "last.pt")
+
+    steps_per_epoch = len(data) // cfg.batch_size
+    step, epoch, t0 = 0, 0, time.time()
+    try:
+        for epoch in range(cfg.epochs):
+            bar = tqdm(data.batches(cfg.batch_size, gen), total=steps_per_epoch,
+                       desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}", unit="step")
+            for idx in bar:
+                real, wrong, emb = data.batch(idx, cfg, gen)
+                real, wrong, emb = real.to(device), wrong.to(device), emb.to(device)
+                z = torch.randn(len(idx), cfg.z_dim, device=device)
+                fake, mu, logvar = netG(emb, z)
+
+                requires_grad(netD, True)
+                optD.zero_grad(set_to_none=True)
+                d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu)
+                d_loss.backward()
+                optD.step()
+
+                requires_grad(netD, False)
+                optG.zero_grad(set_to_none=True)
+                g_loss, g_stats = generator_loss(netD, fake, mu, mu, logvar, cfg.kl_coef)
+                g_loss.backward()
+                optG.step()
+                step += 1
+
+                if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
+                    raise UserError(f"training diverged at step {step} (d_loss {d_loss.item()}, "
+                                    f"g_loss {g_loss.item()}); last good checkpoint: {out / 'last.pt'}")
+                if step % cfg.log_interval == 0:
+                    stats = {**d_stats, **g_stats, "lr_g": optG.param_groups[0]["lr"],
+                             "epoch": epoch + 1}
+                    log.log(step, stats)
+                    bar.set_postfix(d=f"{d_stats['d_loss']:.3f}", g=f"{g_stats['g_adv']:.3f}",
+                                    kl=f"{g_stats['kl']:.3f}")
+            schedG.step()
+            schedD.step()
+            if (epoch + 1) % cfg.snapshot_interval == 0 or epoch + 1 == cfg.epochs:
+                write_snapshot(netG, data, rows, fixed_noise,
+                               out / "samples" / f"epoch_{epoch + 1:04d}.png", cfg.stage)
+                checkpoint(epoch + 1, step, f"epoch_{epoch + 1:04d}")
+                log.flush()
+    except KeyboardInterrupt:
+        path = checkpoint(epoch, step, "interrupted")
+        log.flush()
+        print(f"\ninterrupted at epoch {epoch + 1}, step {step}; checkpoint saved to {path}")
+        raise
+    finally:
+        if run is not None:
+            run.finish()
+    log.flush()
+    print(f"done in {time.time() - t0:.0f}s: checkpoint {out / 'last.pt'}, samples in {out / 'samples'}, "
+          f"loss log {out / 'losses.csv'}")
+    return out / "last.pt"
+
+
+# ------------------------------------------------------------------------ generation
+
+def read_prompts(prompts, prompts_file) -> list[str]:
+    out = list(prompts or [])
+    if prompts_file:
+        try:
+            with open(prompts_file, encoding="utf-8") as f:
+                out += [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            raise UserError(f"cannot read --prompts_file {prompts_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UserError(f"--prompts_file {prompts_file} is not UTF-8 text") from None
+    if not out and not prompts_file and prompts is None:
+        return list(DEFAULT_PROMPTS)
+    cleaned = [" ".join(p.split()) for p in out]
+    if not cleaned or any(not p for p in cleaned):
+        raise UserError("a prompt is empty: give some text, e.g. --prompt \"red dress with lace\"")
+    return cleaned
+
+
+def slug(text: str, n: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n] or "prompt"
+
+
+@torch.no_grad()
+def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
+    from get_embeddings import encode_texts
+    device = resolve_device(cfg.device)
+    if net_g is None:
+        for s in ([stage] if stage else [2, 1]):
+            cand = Path(cfg.out_dir) / f"stage{s}" / "last.pt"
+            if cand.is_file():
+                net_g = cand
+                break
+        else:
+            raise UserError(f"no generator checkpoint found under {cfg.out_dir}/stage*/last.pt: "
+                            "train one first (python main.py --train y --stage 1) or pass --net_g")
+    netG, gcfg, _ = load_generator(net_g, device, expect_stage=stage)
+    out = check_writable_dir(Path(cfg.out_dir) / "generated")
+    emb = torch.from_numpy(encode_texts(prompts, gcfg.text_model)).to(device)
+    n = cfg.n_samples
+    set_seed(cfg.seed)
+    z = torch.randn(len(prompts), n, gcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    images = []
+    flat_emb = emb.repeat_interleave(n, 0)
+    flat_z = z.flatten(0, 1).to(device)
+    for s in tqdm(range(0, len(flat_z), 64), desc="generating", unit="batch"):
+        img, _, _ = netG(flat_emb[s:s + 64], flat_z[s:s + 64])
+        images.append(img.cpu())
+    images = torch.cat(images)
+    grid = save_grid(images, out / "grid.png", nrow=n, row_labels=prompts)
+    from utils import to_uint8
+    from PIL import Image
+    pix = to_uint8(images)
+    for i, p in enumerate(prompts):
+        for k in range(n):
+            Image.fromarray(pix[i * n + k]).save(out / f"{i:03d}_{slug(p)}_{k}.png")
+    print(f"wrote {grid} ({len(prompts)} prompts x {n} samples, stage {gcfg.stage}, "
+          f"{images.shape[-1]}px) and {len(prompts) * n} single images in {out}")
+    return grid
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg, explicit = make_config(args)
+        if args.train:
+            cfg = dataclasses.replace(cfg, stage=args.stage or 1)
+            train(cfg, explicit, args.stage1_g)
+        else:
+            prompts = read_prompts(args.prompt, args.prompts_file)
+            generate(cfg, args.net_g, prompts, stage=args.stage)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""StackGAN networks: conditioning augmentation, Stage-I and Stage-II G and D.
+
+Stage I draws a coarse image of `stage1_size` from (text embedding, noise).
+Stage II keeps a frozen Stage-I generator, encodes its image down to a quarter
+of its size, joins the text condition, refines it with residual blocks and
+upsamples to `stage2_size`. Both discriminators are matching-aware: they score
+an image together with a text condition; the Stage-II one also gives an
+unconditional realism logit.
+
+All widths and sizes come from config.Config, so a 16->64 model with a few
+channels builds in milliseconds for the tests.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import Config
+
+
+def _log2(n: int, what: str) -> int:
+    k = int(round(math.log2(n)))
+    if 2 ** k != n:
+        raise ValueError(f"{what} must be a power of two, got {n}")
+    return k
+
+
+def conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+
+
+def up_block(cin: int, cout: int) -> nn.Sequential:
+    """Nearest-neighbour x2, 3x3 conv, BN, ReLU (StackGAN's upBlock)."""
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(cin, cout),
+                         nn.BatchNorm2d(cout), nn.ReLU(True))
+
+
+def down_block(cin: int, cout: int, bn: bool = True) -> nn.Sequential:
+    """4x4 stride-2 conv, optional BN, LeakyReLU(0.2)."""
+    layers = [nn.Conv2d(cin, cout, 4, 2, 1, bias=False)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.LeakyReLU(0.2, True))
+    return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.body = nn.Sequential(conv3x3(ch, ch), nn.BatchNorm2d(ch), nn.ReLU(True),
+                                  conv3x3(ch, ch), nn.BatchNorm2d(ch))
+
+    def forward(self, x):
+        return F.relu(x + self.body(x))
+
+
+class CA_NET(nn.Module):
+    """Conditioning augmentation: text embedding -> N(mu, sigma^2) -> sampled condition.
+
+    A plain linear map gives mu and log-variance; there is no ReLU in front of it,
+    so mu can be negative and sigma below one.
+    """
+
+    def __init__(self, text_dim: int, c_dim: int):
+        super().__init__()
+        self.c_dim = c_dim
+        self.fc = nn.Linear(text_dim, c_dim * 2)
+
+    def encode(self, text_emb):
+        mu, logvar = self.fc(text_emb).chunk(2, dim=1)
+        return mu, logvar
+
+    def forward(self, text_emb, eps=None):
+        mu, logvar = self.encode(text_emb)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        c = mu + torch.exp(0.5 * logvar) * eps
+        return c, mu, logvar
+
+
+class Stage1_G(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.z_dim = cfg.z_dim
+        ngf = cfg.gf_dim * 8
+        n_up = _log2(cfg.stage1_size, "stage1_size") - 2
+        self.ca_net = CA_NET(cfg.text_dim, cfg.condition_dim)
+        self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 16, bias=False),
+                                nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
+        chans = [ngf] + [max(ngf >> (i + 1), 8) for i in range(n_up)]
+        self.ups = nn.Sequential(*[up_block(chans[i], chans[i + 1]) for i in range(n_up)])
+        self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
+        self.ngf = ngf
+
+    def forward(self, text_emb, z):
+        c, mu, logvar = self.ca_net(text_emb)
+        h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
+        return self.to_img(self.ups(h)), mu, logvar
+
+
+class Stage2_G(nn.Module):
+    """Refines the image of a frozen Stage-I generator to stage2_size."""
+
+    def __init__(self, cfg: Config, stage1_g: Stage1_G):
+        super().__init__()
+        self.z_dim = cfg.z_dim
+        self.stage1 = stage1_g
+        for p in self.stage1.parameters():
+            p.requires_grad_(False)
+        ngf = cfg.gf_dim
+        self.ca_net = CA_NET(cfg.text_dim, cfg.condition_dim)
+        self.encoder = nn.Sequential(conv3x3(3, ngf), nn.ReLU(True),
+                                     nn.Conv2d(ngf, ngf * 2, 4, 2, 1, bias=False),
+                                     nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+                                     nn.Conv2d(ngf * 2, ngf * 4, 4, 2, 1, bias=False),
+                                     nn.BatchNorm2d(ngf * 4), nn.ReLU(True))
+        self.joint = nn.Sequential(conv3x3(ngf * 4 + cfg.condition_dim, ngf * 4),
+                                   nn.BatchNorm2d(ngf * 4), nn.ReLU(True))
+        self.residual = nn.Sequential(*[ResBlock(ngf * 4) for _ in range(cfg.r_num)])
+        n_up = _log2(cfg.stage2_size, "stage2_size") - (_log2(cfg.stage1_size, "stage1_size") - 2)
+        if n_up < 1:
+            raise ValueError("stage2_size must be larger than stage1_size")
+        chans = [ngf * 4] + [max((ngf * 4) >> (i + 1), 8) for i in range(n_up)]
+        self.ups = nn.Sequential(*[up_block(chans[i], chans[i + 1]) for i in range(n_up)])
+        self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.stage1.eval()  # frozen: keep its BatchNorm statistics fixed
+        return self
+
+    def forward(self, text_emb, z, return_stage1: bool = False):
+        with torch.no_grad():
+            low, _, _ = self.stage1(text_emb, z)
+        c, mu, logvar = self.ca_net(text_emb)
+        h = self.encoder(low)
+        c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))
+        h = self.residual(self.joint(torch.cat([h, c_map], 1)))
+        img = self.to_img(self.ups(h))
+        if return_stage1:
+            return img, mu, logvar, low
+        return img, mu, logvar
+
+
+class D_Logits(nn.Module):
+    """Conditional (image, text) logit, and optionally an unconditional one."""
+
+    def __init__(self, ch: int, c_dim: int, uncond: bool):
+        super().__init__()
+        self.joint = nn.Sequential(conv3x3(ch + c_dim, ch), nn.BatchNorm2d(ch),
+                                   nn.LeakyReLU(0.2, True), nn.Conv2d(ch, 1, 4, 4))
+        self.uncond = nn.Conv2d(ch, 1, 4, 4) if uncond else None
+
+    def forward(self, feat, c):
+        c_map = c[:, :, None, None].expand(-1, -1, feat.size(2), feat.size(3))
+        cond = self.joint(torch.cat([feat, c_map], 1)).view(-1)
+        uncond = self.uncond(feat).view(-1) if self.uncond is not None else None
+        return cond, uncond
+
+
+class _Discriminator(nn.Module):
+    def __init__(self, cfg: Config, size: int, uncond: bool):
+        super().__init__()
+        ndf = cfg.df_dim
+        n_down = _log2(size, "image size") - 2
+        chans = [ndf * 2 ** i for i in range(n_down)]
+        layers = [down_block(3, chans[0], bn=False)]
+        layers += [down_block(chans[i], chans[i + 1]) for i in range(n_down - 1)]
+        ch = chans[-1]
+        while ch > ndf * 8:  # Stage II: squeeze back to ndf*8 channels at 4x4
+            layers += [conv3x3(ch, ch // 2), nn.BatchNorm2d(ch // 2), nn.LeakyReLU(0.2, True)]
+            ch //= 2
+        self.encode = nn.Sequential(*layers)
+        self.logits = D_Logits(ch, cfg.condition_dim, uncond)
+
+    def forward(self, img, c):
+        """Returns (conditional logits, unconditional logits or None), one per image."""
+        return self.logits(self.encode(img), c)
+
+
+class Stage1_D(_Discriminator):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg, cfg.stage1_size, uncond=False)
+
+
+class Stage2_D(_Discriminator):
+    def __init__(self, cfg: Config):
+        super().__init__(cfg, cfg.stage2_size, uncond=True)
+
+
+def weights_init(m: nn.Module):
+    """StackGAN init: N(0, 0.02) convs and linears, N(1, 0.02) norm scales."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+def build_models(cfg: Config, stage1_g: Stage1_G | None = None):
+    """(G, D) for cfg.stage, freshly initialised. Stage II needs the trained Stage-I G."""
+    if cfg.stage == 1:
+        g, d = Stage1_G(cfg), Stage1_D(cfg)
+        g.apply(weights_init)
+    else:
+        if stage1_g is None:
+            raise ValueError("Stage II needs a trained Stage-I generator")
+        g, d = Stage2_G(cfg, stage1_g), Stage2_D(cfg)
+        for name, mod in g.named_children():
+            if name != "stage1":
+                mod.apply(weights_init)
+    d.apply(weights_init)
+    return g, d

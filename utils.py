@@ -1,0 +1,310 @@
+"""Helpers shared by training and generation: losses, grids, checkpoints, logging."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from config import ARCH_FIELDS, Config
+
+
+class UserError(Exception):
+    """A problem with the user's input or files; main.py prints it without a traceback."""
+
+
+# ---------------------------------------------------------------------------- misc
+
+def set_seed(seed: int):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def requires_grad(model: torch.nn.Module, flag: bool = True):
+    for p in model.parameters():
+        p.requires_grad_(flag)
+
+
+def check_writable_dir(path) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
+            pass
+    except OSError as e:
+        raise UserError(f"output directory {path} is not writable: {e.strerror or e}") from None
+    return path
+
+
+# -------------------------------------------------------------------------- losses
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)), averaged over batch and dimensions."""
+    return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def discriminator_loss(netD, real, wrong, fake, cond):
+    """StackGAN matching-aware D loss.
+
+    real + matching text -> 1; wrong image + this text -> 0; fake + text -> 0, with
+    wrong and fake weighted by one half. When D has an unconditional head (Stage II),
+    real -> 1 and fake -> 0 are added to the real and fake terms.
+    """
+    cond = cond.detach()
+    real_c, real_u = netD(real, cond)
+    wrong_c, _ = netD(wrong, cond)
+    fake_c, fake_u = netD(fake.detach(), cond)
+    l_real, l_wrong, l_fake = _bce(real_c, 1.0), _bce(wrong_c, 0.0), _bce(fake_c, 0.0)
+    if real_u is not None:
+        l_real = l_real + _bce(real_u, 1.0)
+        l_fake = l_fake + _bce(fake_u, 0.0)
+    loss = l_real + 0.5 * (l_wrong + l_fake)
+    stats = {"d_loss": loss.item(), "d_real": l_real.item(), "d_wrong": l_wrong.item(),
+             "d_fake": l_fake.item(), "d_real_prob": torch.sigmoid(real_c).mean().item(),
+             "d_fake_prob": torch.sigmoid(fake_c).mean().item()}
+    return loss, stats
+
+
+def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float):
+    """Fool D (conditional, plus unconditional when present) + kl_coef * KL."""
+    fake_c, fake_u = netD(fake, cond.detach())
+    l_adv = _bce(fake_c, 1.0)
+    if fake_u is not None:
+        l_adv = l_adv + _bce(fake_u, 1.0)
+    l_kl = kl_loss(mu, logvar)
+    loss = l_adv + kl_coef * l_kl
+    return loss, {"g_loss": loss.item(), "g_adv": l_adv.item(), "kl": l_kl.item()}
+
+
+# --------------------------------------------------------------------------- grids
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N,3,H,W) in [-1,1] -> (N,H,W,3) uint8."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tile(images: torch.Tensor, nrow: int, pad: int = 2, fill: int = 255) -> np.ndarray:
+    """Tile (N,3,H,W) images into one (rows*H, nrow*W, 3) uint8 array."""
+    x = torch.from_numpy(to_uint8(images))
+    n, h, w, _ = x.shape
+    rows = (n + nrow - 1) // nrow
+    canvas = torch.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), fill, dtype=torch.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
+        canvas[y0:y0 + h, x0:x0 + w] = x[i]
+    return canvas.numpy()
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow built without FreeType
+        return ImageFont.load_default()
+
+
+def save_grid(images: torch.Tensor, path, nrow: int = 8, captions=None, row_labels=None,
+              font_size: int = 11) -> Path:
+    """Write a PNG grid. `captions`: one per image, printed under it.
+    `row_labels`: one per row, printed in a column to the left (generation grids)."""
+    images = images.detach().float().cpu()
+    n, _, h, w = images.shape
+    pad = 2
+    cell_w = w + pad
+    font = _font(font_size)
+    line_h = font_size + 3
+    if captions is not None:
+        chars = max(8, int(w / (font_size * 0.55)))
+        wrapped = [textwrap.wrap(c, chars)[:4] for c in captions]
+        band = line_h * max((len(t) for t in wrapped), default=0) + pad
+    else:
+        wrapped, band = None, 0
+    label_w = 0
+    if row_labels is not None:
+        label_w = 200
+        lab_chars = int(label_w / (font_size * 0.55))
+        row_wrapped = [textwrap.wrap(t, lab_chars)[: max(1, h // line_h)] for t in row_labels]
+    rows = (n + nrow - 1) // nrow
+    cell_h = h + band + pad
+    canvas = Image.new("RGB", (label_w + nrow * cell_w + pad, rows * cell_h + pad), "white")
+    pix = to_uint8(images)
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        x0, y0 = label_w + pad + c * cell_w, pad + r * cell_h
+        canvas.paste(Image.fromarray(pix[i]), (x0, y0))
+        if wrapped is not None:
+            for k, line in enumerate(wrapped[i]):
+                draw.text((x0, y0 + h + 1 + k * line_h), line, fill=(0, 0, 0), font=font)
+    if row_labels is not None:
+        for r, lines in enumerate(row_wrapped[:rows]):
+            for k, line in enumerate(lines):
+                draw.text((pad, pad + r * cell_h + k * line_h), line, fill=(0, 0, 0), font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: canvas.save(f, format="PNG"))
+    return path
+
+
+# --------------------------------------------------------------------- checkpoints
+
+def _atomic_write(path: Path, write):
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(state: dict, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, lambda f: torch.save(state, f))
+    return path
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, truncated zip, foreign objects refused by weights_only
+        raise UserError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
+    if not isinstance(state, dict) or "netG" not in state:
+        raise UserError(f"{path} is not a checkpoint written by this repo (no 'netG' entry)")
+    return state
+
+
+def check_arch(saved: dict, cfg: Config, path) -> None:
+    """Raise a UserError naming every architecture setting that differs."""
+    diffs = [f"{k}={saved.get(k)!r} (now {getattr(cfg, k)!r})" for k in ARCH_FIELDS
+             if k in saved and saved[k] != getattr(cfg, k)]
+    if diffs:
+        raise UserError(f"{path} was made with other model settings: {', '.join(diffs)}; "
+                        "pass the same values (or leave them unset to use the checkpoint's)")
+
+
+# ------------------------------------------------------------------------- logging
+
+class LossLog:
+    """Every logged step goes to WandB (when a run is given) and to a CSV; a loss-curve
+    PNG beside the CSV lets users without a WandB account see the curves."""
+
+    def __init__(self, csv_path, wandb_run=None):
+        self.csv_path = Path(csv_path)
+        self.png_path = self.csv_path.with_suffix(".png")
+        self.run = wandb_run
+        self.rows: list[dict] = []
+        if self.csv_path.exists():  # continue a resumed run's log
+            import pandas as pd
+            try:
+                self.rows = pd.read_csv(self.csv_path).to_dict("records")
+            except Exception:
+                self.rows = []
+
+    def log(self, step: int, values: dict):
+        row = {"step": step, **{k: float(v) for k, v in values.items()}}
+        self.rows.append(row)
+        if self.run is not None:
+            self.run.log(values, step=step)
+
+    def flush(self):
+        if not self.rows:
+            return
+        import pandas as pd
+        df = pd.DataFrame(self.rows)
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(self.csv_path, lambda f: f.write(df.to_csv(index=False).encode()))
+        cols = [c for c in ("d_loss", "g_loss", "g_adv", "kl") if c in df.columns]
+        if cols:
+            plot_curves(df["step"].to_numpy(), {c: df[c].to_numpy() for c in cols}, self.png_path)
+
+
+def plot_curves(steps, series: dict, path, size=(900, 480)):
+    """A plain line chart drawn with Pillow (moving-average smoothed)."""
+    W, H = size
+    left, right, top, bottom = 60, 150, 30, 40
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = _font(12)
+    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+    steps = np.asarray(steps, dtype=float)
+    smooth = {}
+    for k, v in series.items():
+        v = np.asarray(v, dtype=float)
+        win = max(1, len(v) // 50)
+        smooth[k] = np.convolve(v, np.ones(win) / win, mode="same") if win > 1 else v
+    vals = np.concatenate([s[np.isfinite(s)] for s in smooth.values()] or [np.zeros(1)])
+    lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        hi = lo + 1.0
+    x0, x1 = float(steps.min()), float(steps.max()) if steps.size else 1.0
+    if x1 - x0 < 1e-9:
+        x1 = x0 + 1.0
+
+    def px(x, y):
+        return (left + (x - x0) / (x1 - x0) * (W - left - right),
+                top + (1 - (y - lo) / (hi - lo)) * (H - top - bottom))
+
+    d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
+    for t in range(5):
+        y = lo + (hi - lo) * t / 4
+        _, py = px(x0, y)
+        d.line([(left - 4, py), (left, py)], fill=(0, 0, 0))
+        d.text((4, py - 6), f"{y:.3g}", fill=(0, 0, 0), font=font)
+    d.text((left, H - bottom + 8), f"step {int(x0)}", fill=(0, 0, 0), font=font)
+    d.text((W - right - 70, H - bottom + 8), f"step {int(x1)}", fill=(0, 0, 0), font=font)
+    for i, (k, s) in enumerate(smooth.items()):
+        col = colors[i % len(colors)]
+        pts = [px(x, y) for x, y in zip(steps, s) if np.isfinite(y)]
+        if len(pts) > 1:
+            d.line(pts, fill=col, width=2)
+        d.line([(W - right + 10, top + 10 + 18 * i), (W - right + 30, top + 10 + 18 * i)], fill=col, width=3)
+        d.text((W - right + 36, top + 3 + 18 * i), k, fill=(0, 0, 0), font=font)
+    path = Path(path)
+    _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    return path
+
+
+def init_wandb(cfg: Config, job_type: str, run_dir):
+    """A WandB run, or None when disabled or wandb cannot start (the CSV log still works)."""
+    mode = cfg.resolved_wandb_mode()
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+        return wandb.init(project=cfg.wandb_project, mode=mode, config=cfg.to_dict(),
+                          job_type=job_type, dir=str(run_dir), reinit="finish_previous")
+    except Exception as e:
+        print(f"wandb could not start ({str(e).splitlines()[0]}); logging to CSV only")
+        return None
