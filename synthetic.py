@@ -439,7 +439,7 @@ def _draw_tshirt(p, s, rng):
     sh = (bw + 0.015, vs + 0.03)
     if long:
         arm = (bw - 0.005, vs + 0.17)
-        sleeve = [sh, (bw + _u(rng, 0.19, 0.22), vs + _u(rng, 0.52, 0.58)),
+        sleeve = [sh, (bw + _u(rng, 0.18, 0.21), vs + _u(rng, 0.52, 0.58)),
                   (bw + _u(rng, 0.11, 0.13), vs + _u(rng, 0.56, 0.61)), arm]
     else:
         arm = (bw - 0.005, vs + 0.155)
@@ -475,7 +475,7 @@ def _draw_tshirt(p, s, rng):
         # a soft fold from the armpit
         p.line([(side * (bw - 0.03), arm[1] + 0.03), (side * (bw - 0.06), arm[1] + 0.2)], 5, 70,
                layer="soft_dark")
-    p.anchor = (0.0, vs + _u(rng, 0.16, 0.2), _u(rng, 0.2, 0.26))
+    p.anchor = (0.0, vs + _u(rng, 0.17, 0.21), _u(rng, 0.24, 0.3))
 
 
 def _draw_dress(p, s, rng):
@@ -646,11 +646,11 @@ _BOOT_SOLE = [(0.03, 0.02), (0.74, 0.04), (0.75, 0.0), (0.99, 0.0), (1.0, 0.13),
 def _draw_shoes(p, s, rng):
     boots = s["style"] == "boots"
     W, H = p.w, p.h
-    length = _u(rng, 0.58, 0.64) if boots else _u(rng, 0.62, 0.68)   # in image widths
+    length = _u(rng, 0.62, 0.68) if boots else _u(rng, 0.68, 0.74)   # in image widths
     facing = 1 if rng.random() < 0.5 else -1     # 1: toes to the left
-    base_v = _u(rng, 0.8, 0.85)
-    off_u = _u(rng, 0.14, 0.18)
-    off_v = _u(rng, 0.07, 0.1)
+    base_v = _u(rng, 0.82, 0.86)
+    off_u = _u(rng, 0.1, 0.14)
+    off_v = _u(rng, 0.11, 0.15)
     # the pair spans length + off_u; centre it horizontally
     span = length + off_u
     c1 = np.array(COLORS[s["color"]]) / 255.0
