@@ -32,7 +32,8 @@ PARSING_LABELS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 
 
 # Settings used when no --data_dir is given: the built-in synthetic garments are
 # simple, so narrower networks learn them within minutes on a laptop CPU.
-BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=10, batch_size=64, snapshot_interval=5)
+BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=16, batch_size=32, snapshot_interval=4,
+                      ema_decay=0.995)
 
 
 @dataclass
@@ -70,12 +71,19 @@ class Config:
     beta2: float = 0.999
     lr_decay_epoch: int = 20  # LR halves every this many epochs
     kl_coef: float = 2.0
+    ema_decay: float = 0.0  # >0: keep an exponential moving average of G for samples (0: off, as StackGAN)
+    max_steps: int = 0  # >0: stop with a checkpoint after this many steps in all (0: run every epoch)
     snapshot_interval: int = 10  # epochs between checkpoints and sample grids
     log_interval: int = 10  # steps between log rows
     seed: int = 0
     out_dir: str = "output"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # 0: torch default
+    # CUDA only (ignored on CPU)
+    amp: bool = True  # bf16 autocast for the forward passes
+    channels_last: bool = True
+    tf32: bool = True
+    compile: bool = False  # torch.compile G and D
     # logging
     wandb_project: str = "fashion-stackgan"
     wandb_mode: Optional[str] = None  # online | offline | disabled; None: offline without an API key

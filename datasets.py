@@ -390,13 +390,17 @@ class FashionData:
     def __len__(self):
         return len(self.kinds)
 
-    def pixels(self, idx) -> torch.Tensor:
-        """float (B, 3, H, W) in [-1, 1] for sample indices `idx`."""
+    def pixels(self, idx, device=None) -> torch.Tensor:
+        """float (B, 3, H, W) in [-1, 1] for sample indices `idx`, on `device`.
+        uint8 travels to the device (pinned, non-blocking on CUDA); the float
+        conversion happens there."""
         rows = self.rows[np.asarray(idx)]
         order = np.argsort(rows)  # read the memory map in file order, then restore
         x = np.empty((len(rows),) + self.images.shape[1:], np.uint8)
         x[order] = self.images[rows[order]]
         x = torch.from_numpy(x)
+        if device is not None and torch.device(device).type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
         return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
 
     def wrong_indices(self, idx, max_cos: float, generator=None, tries: int = 20) -> np.ndarray:
@@ -417,13 +421,14 @@ class FashionData:
         for s in range(0, len(perm) - per + 1, per):
             yield perm[s + rank * batch_size: s + (rank + 1) * batch_size]
 
-    def batch(self, idx, cfg: Config, generator=None, augment_images: bool = True):
+    def batch(self, idx, cfg: Config, generator=None, augment_images: bool = True, device=None):
         """(real images, wrong images, text embeddings) for sample indices `idx`."""
         wrong = self.wrong_indices(idx, cfg.wrong_max_cos, generator)
-        real, fake_pair = self.pixels(idx), self.pixels(wrong)
+        real, mismatched = self.pixels(idx, device), self.pixels(wrong, device)
         if augment_images:
-            real, fake_pair = augment(real, generator), augment(fake_pair, generator)
-        return real, fake_pair, self.emb[torch.as_tensor(np.asarray(idx))]
+            real, mismatched = augment(real, generator), augment(mismatched, generator)
+        emb = self.emb[torch.as_tensor(np.asarray(idx))]
+        return real, mismatched, emb.to(real.device)
 
 
 def load_data(cfg: Config, size: int, split: str | None = "train", progress: bool = True):

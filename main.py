@@ -12,18 +12,21 @@ which cached image size is read. Every config.Config field is also a flag
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import re
+import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import BUILTIN_PRESET, KINDS, Config
-from utils import (LossLog, UserError, check_arch, check_writable_dir, init_wandb,
+from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
+from utils import (LossLog, UserError, accumulate, check_arch, check_writable_dir, init_wandb,
                    load_checkpoint, requires_grad, resolve_device, save_checkpoint, save_grid,
                    set_seed, discriminator_loss, generator_loss)
 
@@ -70,14 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None,
                    help="text to draw (repeatable); default: one prompt set covering all kinds")
     p.add_argument("--prompts_file", default=None, help="file with one prompt per line")
+    p.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue training from a checkpoint (auto: OUT_DIR/stage<N>/last.pt)")
     p.add_argument("--debug", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
                    default=None, help="WandB mode (default: offline unless WANDB_API_KEY is set)")
     given = {a.dest for a in p._actions}
     for f in dataclasses.fields(Config):
-        if f.name in given or f.type not in ("int", "float", "str", "Optional[str]"):
+        if f.name in given or f.type not in ("int", "float", "str", "bool", "Optional[str]"):
             continue
-        typ = {"int": int, "float": float}.get(f.type, str)
+        typ = {"int": int, "float": float, "bool": yes_no}.get(f.type, str)
         p.add_argument(f"--{f.name}", type=typ, default=None,
                        help=f"(config, default {f.default!r})")
     return p
@@ -112,7 +117,7 @@ def load_generator(path, device, expect_stage=None):
         s1cfg = Config.from_dict(state["stage1_config"])
         g = Stage2_G(cfg, Stage1_G(s1cfg))
     try:
-        g.load_state_dict(state["netG"])
+        g.load_state_dict(state.get("netG_ema") or state["netG"])
     except RuntimeError as e:
         raise UserError(f"{path}: the weights do not fit the model its config describes "
                         f"({str(e).splitlines()[0]})") from None
@@ -158,17 +163,103 @@ def write_snapshot(netG, data, rows, noise, path, stage: int):
     netG.train(was_training)
 
 
-def train(cfg: Config, explicit: set, stage1_path=None) -> Path:
-    from datasets import load_data
-    from model import build_models
-    set_seed(cfg.seed)
+def resolve_resume(resume, out: Path):
+    """--resume PATH|auto -> a checkpoint path or None (auto with nothing to resume)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        path = out / "last.pt"
+        if not path.is_file():
+            print(f"--resume auto: no {path} yet, starting from scratch")
+            return None
+        return path
+    return Path(resume)
+
+
+def configure_device(cfg: Config, device: torch.device):
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state(gen: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, gen: torch.Generator):
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["gen"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits 0."""
+
+    def __init__(self):
+        self.flag, self.old = False, {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if not self.flag:
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint")
+        self.flag = True
+
+    def __exit__(self, *exc):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
+    """One loop for both stages. Returns {"checkpoint": path, "netG", "netD", "netG_ema",
+    "step"} (the modules of this rank, unwrapped)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import distributed as dist
+    from datasets import load_data, prepare
+    from model import Stage1_G, build_models
+
+    rank, world, ddp_device = dist.setup(cfg.device)
+    main_proc = rank == 0
+    device = ddp_device or resolve_device(cfg.device)
+    configure_device(cfg, device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = resolve_device(cfg.device)
-    out = check_writable_dir(Path(cfg.out_dir) / f"stage{cfg.stage}")
+    out = Path(cfg.out_dir) / f"stage{cfg.stage}"
+    if main_proc:
+        check_writable_dir(out)
+
+    resume_path = resolve_resume(resume, out)
+    state = None
+    if resume_path is not None:
+        state = load_checkpoint(resume_path)
+        saved = Config.from_dict(state["config"])
+        if saved.stage != cfg.stage:
+            raise UserError(f"{resume_path} is a Stage-{saved.stage} checkpoint; this run trains "
+                            f"Stage {cfg.stage}")
+        # settings given on the command line must fit the checkpoint's networks
+        check_arch({k: getattr(saved, k) for k in ARCH_FIELDS if k in explicit}, cfg, resume_path)
+        # the run's settings come from the checkpoint, except flags given now; a step
+        # limit only ever applies to the invocation it was given to
+        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in explicit},
+                                  max_steps=cfg.max_steps)
 
     stage1_g, stage1_cfg = None, None
-    if cfg.stage == 2:
+    if cfg.stage == 2 and state is not None:
+        stage1_cfg = Config.from_dict(state["stage1_config"])
+        stage1_g = Stage1_G(stage1_cfg)  # its weights come with the Stage-II G below
+    elif cfg.stage == 2:
         if not stage1_path:
             raise UserError("Stage II refines a trained Stage-I generator: pass --stage1_g "
                             "PATH (e.g. output/stage1/last.pt from `--train y --stage 1`)")
@@ -181,95 +272,186 @@ def train(cfg: Config, explicit: set, stage1_path=None) -> Path:
                                           if k not in explicit})
         check_arch({k: getattr(stage1_cfg, k) for k in shared}, cfg, stage1_path)
 
-    if cfg.data_dir is None:
-        from synthetic import ensure_synthetic
-        print(f"no --data_dir: using the built-in synthetic garments in {cfg.builtin_dir}")
-        ensure_synthetic(cfg.builtin_dir, n_per_kind=cfg.builtin_per_kind, seed=0)
-    data = load_data(cfg, cfg.image_size)
-    counts = {k: data.kinds.count(k) for k in KINDS}
-    print(f"stage {cfg.stage}: {len(data)} training images ({', '.join(f'{k} {v}' for k, v in counts.items())})")
-    if len(data) < cfg.batch_size:
-        cfg = dataclasses.replace(cfg, batch_size=max(2, len(data)))
+    if main_proc:  # rank 0 prepares the data once; the others then read its caches
+        if cfg.data_dir is None:
+            from synthetic import ensure_synthetic
+            print(f"no --data_dir: using the built-in synthetic garments in {cfg.builtin_dir}")
+            ensure_synthetic(cfg.builtin_dir, n_per_kind=cfg.builtin_per_kind, seed=0)
+        prepare(cfg, cfg.image_size)
+    dist.barrier()
+    data = load_data(cfg, cfg.image_size, progress=main_proc)
+    if main_proc:
+        counts = ", ".join(f"{k} {data.kinds.count(k)}" for k in KINDS)
+        print(f"stage {cfg.stage}: {len(data)} training images ({counts})")
+    if len(data) < cfg.batch_size * world:
+        cfg = dataclasses.replace(cfg, batch_size=max(2, len(data) // world))
         print(f"fewer images than a batch: batch size set to {cfg.batch_size}")
 
+    set_seed(cfg.seed)  # identical initial weights on every rank
     netG, netD = build_models(cfg, stage1_g)
-    netG.to(device).train()
-    netD.to(device).train()
+    netG_ema = copy.deepcopy(netG).eval() if cfg.ema_decay > 0 else None
+    if netG_ema is not None:
+        requires_grad(netG_ema, False)
     g_params = [p for p in netG.parameters() if p.requires_grad]
     optG = torch.optim.Adam(g_params, lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
     optD = torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     schedG = torch.optim.lr_scheduler.StepLR(optG, cfg.lr_decay_epoch, gamma=0.5)
     schedD = torch.optim.lr_scheduler.StepLR(optD, cfg.lr_decay_epoch, gamma=0.5)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)  # augmentation and "wrong" pairs
+    torch.manual_seed(cfg.seed + rank)  # noise and condition samples differ per rank
+    start_epoch, start_batch, step = 0, 0, 0
+    if state is not None:
+        netG.load_state_dict(state["netG"])
+        netD.load_state_dict(state["netD"])
+        if netG_ema is not None:
+            netG_ema.load_state_dict(state.get("netG_ema") or state["netG"])
+        for obj, key in ((optG, "optG"), (optD, "optD"), (schedG, "schedG"), (schedD, "schedD")):
+            obj.load_state_dict(state[key])
+        start_epoch, start_batch, step = state["epoch"], state.get("batch", 0), state["step"]
+        if state.get("rng") and world == 1:
+            set_rng_state(state["rng"], gen)
+        print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {step}")
 
-    run = init_wandb(cfg, f"train-stage{cfg.stage}", out)
-    log = LossLog(out / "losses.csv", run)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    for m in (netG, netD, netG_ema):
+        if m is not None:
+            m.to(device, memory_format=fmt)
+    for opt in (optG, optD):  # optimizer state follows the parameters' device
+        for st in opt.state.values():
+            for k, v in st.items():
+                if torch.is_tensor(v) and k != "step":
+                    st[k] = v.to(device)
+    netG.train()
+    netD.train()
+    rawG, rawD = netG, netD
+    if cfg.compile:
+        netG, netD = torch.compile(netG), torch.compile(netD)
+    if world > 1:
+        ids = [device.index] if cuda else None
+        netG, netD = DDP(netG, device_ids=ids), DDP(netD, device_ids=ids)
+    plainD = netD.module if world > 1 else netD  # G's step needs no gradient sync of D
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp)
+
+    run = None
+    if main_proc:
+        run = init_wandb(cfg, f"train-stage{cfg.stage}", out,
+                         run_id=state.get("wandb_id") if state else None)
+    log = LossLog(out / "losses.csv", run, truncate_after=step if state else 0) if main_proc else None
     rows = snapshot_rows(data)
     fixed_noise = torch.randn(len(rows), 4 if cfg.stage == 1 else 2, cfg.z_dim,
-                              generator=gen).to(device)
+                              generator=torch.Generator().manual_seed(cfg.seed + 999)).to(device)
+    last = out / "last.pt"
 
-    def checkpoint(epoch, step, tag):
-        state = {"netG": netG.state_dict(), "netD": netD.state_dict(),
-                 "optG": optG.state_dict(), "optD": optD.state_dict(),
-                 "schedG": schedG.state_dict(), "schedD": schedD.state_dict(),
-                 "epoch": epoch, "step": step, "config": cfg.to_dict(),
-                 "stage1_config": stage1_cfg.to_dict() if stage1_cfg else None}
-        save_checkpoint(state, out / "checkpoints" / f"{tag}.pt")
-        return save_checkpoint(state, out / "last.pt")
+    def checkpoint(epoch, batch, tag=None):
+        ckpt = {"netG": rawG.state_dict(), "netD": rawD.state_dict(),
+                "netG_ema": netG_ema.state_dict() if netG_ema is not None else None,
+                "optG": optG.state_dict(), "optD": optD.state_dict(),
+                "schedG": schedG.state_dict(), "schedD": schedD.state_dict(),
+                "epoch": epoch, "batch": batch, "step": step, "rng": rng_state(gen),
+                "config": cfg.to_dict(), "wandb_id": run.id if run is not None else None,
+                "stage1_config": stage1_cfg.to_dict() if stage1_cfg else None}
+        if tag:
+            save_checkpoint(ckpt, out / "checkpoints" / f"{tag}.pt")
+        return save_checkpoint(ckpt, last)
 
-    steps_per_epoch = len(data) // cfg.batch_size
-    step, epoch, t0 = 0, 0, time.time()
+    steps_per_epoch = len(data) // (cfg.batch_size * world)
+    t0 = time.time()
+    stopped = False
     try:
-        for epoch in range(cfg.epochs):
-            bar = tqdm(data.batches(cfg.batch_size, gen), total=steps_per_epoch,
-                       desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}", unit="step")
-            for i, idx in enumerate(bar):
-                real, wrong, emb = data.batch(idx, cfg, gen)
-                real, wrong, emb = real.to(device), wrong.to(device), emb.to(device)
-                z = torch.randn(len(idx), cfg.z_dim, device=device)
-                fake, mu, logvar = netG(emb, z)
+        with StopSignal() as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                perm_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+                batches = data.batches(cfg.batch_size, perm_gen, rank, world)
+                skip = start_batch if epoch == start_epoch else 0
+                bar = tqdm(batches, total=steps_per_epoch, disable=not main_proc, unit="step",
+                           desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}")
+                for i, idx in enumerate(bar):
+                    if i < skip:
+                        continue
+                    real, wrong, emb = data.batch(idx, cfg, gen, device=device)
+                    if fmt is torch.channels_last:
+                        real = real.contiguous(memory_format=fmt)
+                        wrong = wrong.contiguous(memory_format=fmt)
+                    z = torch.randn(len(idx), cfg.z_dim, device=device)
+                    with autocast:
+                        fake, mu, logvar = netG(emb, z)
 
-                requires_grad(netD, True)
-                optD.zero_grad(set_to_none=True)
-                d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu)
-                d_loss.backward()
-                optD.step()
+                    requires_grad(rawD, True)
+                    optD.zero_grad(set_to_none=True)
+                    with autocast:
+                        d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu)
+                    if not torch.isfinite(d_loss):
+                        raise Diverged(step, d_stats)
+                    d_loss.backward()
+                    optD.step()
 
-                requires_grad(netD, False)
-                optG.zero_grad(set_to_none=True)
-                g_loss, g_stats = generator_loss(netD, fake, mu, mu, logvar, cfg.kl_coef)
-                g_loss.backward()
-                optG.step()
-                step += 1
+                    requires_grad(rawD, False)
+                    optG.zero_grad(set_to_none=True)
+                    with autocast:
+                        g_loss, g_stats = generator_loss(plainD, fake, mu, mu, logvar, cfg.kl_coef)
+                    if not torch.isfinite(g_loss):
+                        raise Diverged(step, g_stats)
+                    g_loss.backward()
+                    optG.step()
+                    if netG_ema is not None:
+                        accumulate(netG_ema, rawG, cfg.ema_decay)
+                    step += 1
 
-                if not (torch.isfinite(d_loss) and torch.isfinite(g_loss)):
-                    raise UserError(f"training diverged at step {step} (d_loss {d_loss.item()}, "
-                                    f"g_loss {g_loss.item()}); last good checkpoint: {out / 'last.pt'}")
-                if step % cfg.log_interval == 0 or i + 1 == steps_per_epoch:
-                    stats = {**d_stats, **g_stats, "lr_g": optG.param_groups[0]["lr"],
-                             "epoch": epoch + 1}
-                    log.log(step, stats)
-                    bar.set_postfix(d=f"{d_stats['d_loss']:.3f}", g=f"{g_stats['g_adv']:.3f}",
-                                    kl=f"{g_stats['kl']:.3f}")
-            schedG.step()
-            schedD.step()
-            if (epoch + 1) % cfg.snapshot_interval == 0 or epoch + 1 == cfg.epochs:
-                write_snapshot(netG, data, rows, fixed_noise,
-                               out / "samples" / f"epoch_{epoch + 1:04d}.png", cfg.stage)
-                checkpoint(epoch + 1, step, f"epoch_{epoch + 1:04d}")
-                log.flush()
-    except KeyboardInterrupt:
-        path = checkpoint(epoch, step, "interrupted")
-        log.flush()
-        print(f"\ninterrupted at epoch {epoch + 1}, step {step}; checkpoint saved to {path}")
-        raise
+                    if step % cfg.log_interval == 0 or i + 1 == steps_per_epoch:
+                        stats = dist.reduce_mean({**d_stats, **g_stats}, device)
+                        if main_proc:
+                            log.log(step, {**stats, "lr_g": optG.param_groups[0]["lr"],
+                                           "epoch": epoch + 1})
+                            bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_adv']:.3f}",
+                                            kl=f"{stats['kl']:.4f}")
+                    if dist.any_flag(stop.flag or (cfg.max_steps and step >= cfg.max_steps), device):
+                        stopped = True
+                        dist.sync_buffers(rawG, rawD, netG_ema)
+                        if main_proc:
+                            checkpoint(epoch, i + 1, "interrupted")
+                        break
+                if stopped:
+                    break
+                with warnings.catch_warnings():  # resumed exactly at an epoch's end
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+                    schedG.step()
+                    schedD.step()
+                snap = (epoch + 1) % cfg.snapshot_interval == 0 or epoch + 1 == cfg.epochs
+                if snap:
+                    dist.sync_buffers(rawG, rawD, netG_ema)
+                if main_proc and snap:
+                    write_snapshot(rawG if netG_ema is None else netG_ema, data, rows, fixed_noise,
+                                   out / "samples" / f"epoch_{epoch + 1:04d}.png", cfg.stage)
+                    checkpoint(epoch + 1, 0, f"epoch_{epoch + 1:04d}")
+                    log.flush()
+    except Diverged as e:
+        have = last.is_file() and main_proc
+        raise UserError(f"training diverged at step {e.step} (non-finite loss: {e.stats}); "
+                        + (f"the last good checkpoint {last} was kept" if have else
+                           "no checkpoint had been written yet")
+                        + "; try a lower --lr_g/--lr_d") from None
     finally:
-        if run is not None:
-            run.finish()
-    log.flush()
-    print(f"done in {time.time() - t0:.0f}s: checkpoint {out / 'last.pt'}, samples in {out / 'samples'}, "
-          f"loss log {out / 'losses.csv'}")
-    return out / "last.pt"
+        if main_proc:
+            log.flush()
+            if run is not None:
+                run.finish()
+        dist.cleanup()
+    if stopped:
+        if main_proc:
+            print(f"stopped at epoch {epoch + 1}, step {step}; checkpoint {last}. Resume with: "
+                  f"python main.py --train y --stage {cfg.stage} --out_dir {cfg.out_dir} "
+                  f"--resume {last}" + (f" --data_dir {cfg.data_dir}" if cfg.data_dir else ""))
+    elif main_proc:
+        print(f"done in {time.time() - t0:.0f}s: checkpoint {last}, samples in {out / 'samples'}, "
+              f"loss log {out / 'losses.csv'}")
+    return {"checkpoint": last, "netG": rawG, "netD": rawD, "netG_ema": netG_ema, "step": step}
+
+
+class Diverged(Exception):
+    def __init__(self, step, stats):
+        super().__init__(step)
+        self.step, self.stats = step, {k: round(v, 4) for k, v in stats.items()}
 
 
 # ------------------------------------------------------------------------ generation
@@ -349,7 +531,7 @@ def main(argv=None) -> int:
         cfg, explicit = make_config(args)
         if args.train:
             cfg = dataclasses.replace(cfg, stage=args.stage or 1)
-            train(cfg, explicit, args.stage1_g)
+            train(cfg, explicit, args.stage1_g, resume=args.resume)
         else:
             prompts = read_prompts(args.prompt, args.prompts_file)
             generate(cfg, args.net_g, prompts, stage=args.stage)

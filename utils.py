@@ -41,6 +41,16 @@ def requires_grad(model: torch.nn.Module, flag: bool = True):
         p.requires_grad_(flag)
 
 
+@torch.no_grad()
+def accumulate(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm
+    statistics) are copied."""
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(p.detach(), 1 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
+
+
 def check_writable_dir(path) -> Path:
     path = Path(path)
     try:
@@ -220,15 +230,17 @@ class LossLog:
     """Every logged step goes to WandB (when a run is given) and to a CSV; a loss-curve
     PNG beside the CSV lets users without a WandB account see the curves."""
 
-    def __init__(self, csv_path, wandb_run=None):
+    def __init__(self, csv_path, wandb_run=None, truncate_after: int = 0):
+        """A fresh log, or with truncate_after=k (a resumed run) the old rows up to step k."""
         self.csv_path = Path(csv_path)
         self.png_path = self.csv_path.with_suffix(".png")
         self.run = wandb_run
         self.rows: list[dict] = []
-        if self.csv_path.exists():  # continue a resumed run's log
+        if truncate_after and self.csv_path.exists():
             import pandas as pd
             try:
-                self.rows = pd.read_csv(self.csv_path).to_dict("records")
+                old = pd.read_csv(self.csv_path)
+                self.rows = old[old["step"] <= truncate_after].to_dict("records")
             except Exception:
                 self.rows = []
 
@@ -296,15 +308,17 @@ def plot_curves(steps, series: dict, path, size=(900, 480)):
     return path
 
 
-def init_wandb(cfg: Config, job_type: str, run_dir):
-    """A WandB run, or None when disabled or wandb cannot start (the CSV log still works)."""
+def init_wandb(cfg: Config, job_type: str, run_dir, run_id=None):
+    """A WandB run, or None when disabled or wandb cannot start (the CSV log still works).
+    With run_id (from a checkpoint) a resumed training continues the same WandB run."""
     mode = cfg.resolved_wandb_mode()
     if mode == "disabled":
         return None
     try:
         import wandb
         return wandb.init(project=cfg.wandb_project, mode=mode, config=cfg.to_dict(),
-                          job_type=job_type, dir=str(run_dir), reinit="finish_previous")
+                          job_type=job_type, dir=str(run_dir), reinit="finish_previous",
+                          id=run_id, resume="allow" if run_id else None)
     except Exception as e:
         print(f"wandb could not start ({str(e).splitlines()[0]}); logging to CSV only")
         return None
