@@ -211,17 +211,17 @@ def _open_rgb(path: Path, size: int) -> Image.Image:
 
 
 def _process(args):
-    """Decode one photo into its samples. Returns (samples, skip reason or None)."""
+    """Decode one photo into its samples. Returns (samples, [reasons to count])."""
     data_dir, job, size, labels, min_frac, margin = args
     try:
         path = Path(data_dir) / "images" / job.image
         if path.stat().st_size == 0:
-            return [], "unreadable image"
+            return [], ["unreadable image"]
         orig = Image.open(path).size
         img = _open_rgb(path, size)
-    except Exception:
-        return [], "unreadable image"
-    segm = None
+    except Exception:  # truncated, not an image, decompression bomb, ...
+        return [], ["unreadable image"]
+    segm, notes = None, []
     sp = segm_path(data_dir, job.image)
     if sp.is_file():
         try:
@@ -229,7 +229,9 @@ def _process(args):
             if s.size == orig:
                 segm = np.asarray(s.convert("L") if s.mode not in ("L", "P") else s)
         except Exception:
-            segm = None
+            pass
+        if segm is None:
+            notes.append("segm map unreadable or of another size (photo kept uncropped)")
     sx, sy = img.width / orig[0], img.height / orig[1]
 
     def scaled(box):
@@ -249,7 +251,7 @@ def _process(args):
             color = nearest_color(np.median(arr[mask], axis=0)) if mask.any() else "black"
             out.append(("shoes", shoe_caption(color, job.caption),
                         _crop_square(img, _square_box(box, margin * 2), size)))
-    return out, None
+    return out, notes
 
 
 def _cache_key(data_dir, jobs, cfg: Config, size: int) -> str:
@@ -291,6 +293,7 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
              for j in jobs]
     tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
     meta = {"kinds": [], "captions": [], "images": [], "splits": []}
+    notes = Counter()
     n_alloc = max(1, len(jobs) + sum(j.shoes for j in jobs))
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_alloc, size, size, 3))
     n = 0
@@ -302,9 +305,9 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
             pool, results = None, map(_process, tasks)
         bar = tqdm(results, total=len(tasks), desc=f"caching {size}px images", disable=not progress,
                    unit="img")
-        for job, (samples, reason) in zip(jobs, bar):
-            if reason:
-                skipped[reason] += 1
+        for job, (samples, reasons) in zip(jobs, bar):
+            for reason in reasons:
+                (notes if reason.startswith("segm") else skipped)[reason] += 1
             for kind, caption, pixels in samples:
                 arr[n] = pixels
                 for k, v in zip(("kinds", "captions", "images", "splits"),
@@ -334,7 +337,8 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
             if p.exists():
                 p.unlink()
         raise
-    index = {"key": key, "size": size, "n": n, **meta, "skipped": dict(skipped)}
+    index = {"key": key, "size": size, "n": n, **meta, "skipped": dict(skipped),
+             "notes": dict(notes)}
     _atomic_write(idx_path, lambda f: f.write(json.dumps(index).encode()))
     index["images_path"] = str(npy)
     return index
@@ -460,6 +464,8 @@ def main(argv=None):
     skipped = index["skipped"]
     print(f"skipped: {sum(skipped.values())}" +
           (" (" + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())) + ")" if skipped else ""))
+    for k, v in sorted(index.get("notes", {}).items()):
+        print(f"note: {v} {k}")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, _atomic_write
+from utils import UserError, _atomic_write, first_line
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -54,7 +54,7 @@ def load_text_model(name: str = DEFAULT_TEXT_MODEL, device: str = "cpu"):
     try:
         return SentenceTransformer(path, device=device)
     except Exception as e:
-        raise UserError(f"could not load text model {name!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"could not load text model {name!r}: {first_line(e)}") from None
 
 
 def encode_texts(texts, model_name: str = DEFAULT_TEXT_MODEL, batch_size: int = 256,

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
-from utils import (LossLog, UserError, accumulate, check_arch, check_writable_dir, init_wandb,
-                   load_checkpoint, requires_grad, resolve_device, save_checkpoint, save_grid,
-                   set_seed, discriminator_loss, generator_loss)
+from utils import (LossLog, UserError, accumulate, check_arch, check_writable_dir,
+                   discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
+                   requires_grad, resolve_device, save_checkpoint, save_grid, set_seed)
 
 DEFAULT_PROMPTS = [
     "The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.",
@@ -120,7 +120,7 @@ def load_generator(path, device, expect_stage=None):
         g.load_state_dict(state.get("netG_ema") or state["netG"])
     except RuntimeError as e:
         raise UserError(f"{path}: the weights do not fit the model its config describes "
-                        f"({str(e).splitlines()[0]})") from None
+                        f"({first_line(e)})") from None
     return g.to(device).eval(), cfg, state
 
 

@@ -19,6 +19,12 @@ class UserError(Exception):
     """A problem with the user's input or files; main.py prints it without a traceback."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
 # ---------------------------------------------------------------------------- misc
 
 def set_seed(seed: int):
@@ -209,7 +215,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, foreign objects refused by weights_only
-        raise UserError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
     if not isinstance(state, dict) or "netG" not in state:
         raise UserError(f"{path} is not a checkpoint written by this repo (no 'netG' entry)")
     return state
@@ -320,5 +326,5 @@ def init_wandb(cfg: Config, job_type: str, run_dir, run_id=None):
                           job_type=job_type, dir=str(run_dir), reinit="finish_previous",
                           id=run_id, resume="allow" if run_id else None)
     except Exception as e:
-        print(f"wandb could not start ({str(e).splitlines()[0]}); logging to CSV only")
+        print(f"wandb could not start ({first_line(e)}); logging to CSV only")
         return None
