@@ -79,10 +79,10 @@ class Config:
     out_dir: str = "output"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     num_threads: int = 0  # 0: torch default
-    # CUDA only (ignored on CPU)
-    amp: bool = True  # bf16 autocast for the forward passes
-    channels_last: bool = True
-    tf32: bool = True
+    # speed
+    amp: str = "auto"  # bf16 autocast of forward passes: auto (CUDA, or a CPU with bf16 units) | on | off
+    channels_last: bool = True  # NHWC memory layout for the convolutions
+    tf32: bool = True  # CUDA: TF32 matmuls and convolutions
     compile: bool = False  # torch.compile G and D
     # logging
     wandb_project: str = "fashion-stackgan"

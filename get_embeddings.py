@@ -69,6 +69,14 @@ def encode_texts(texts, model_name: str = DEFAULT_TEXT_MODEL, batch_size: int = 
     return np.asarray(vecs, dtype=np.float32)
 
 
+def too_long(texts, model_name: str = DEFAULT_TEXT_MODEL, device: str = "cpu") -> list[int]:
+    """Indices of texts longer than the encoder reads (it keeps only the first tokens)."""
+    model = load_text_model(model_name, device)
+    limit = model.max_seq_length
+    return [i for i, t in enumerate(texts)
+            if len(model.tokenizer(t, add_special_tokens=True)["input_ids"]) > limit]
+
+
 def captions_hash(captions: dict) -> str:
     blob = json.dumps(captions, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
-from utils import (LossLog, UserError, accumulate, check_arch, check_writable_dir,
+from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
                    discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
-                   requires_grad, resolve_device, save_checkpoint, save_grid, set_seed)
+                   requires_grad, resolve_device, save_checkpoint, save_grid, set_seed, use_bf16)
 
 DEFAULT_PROMPTS = [
     "The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.",
@@ -313,7 +313,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {step}")
 
     cuda = device.type == "cuda"
-    fmt = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for m in (netG, netD, netG_ema):
         if m is not None:
             m.to(device, memory_format=fmt)
@@ -331,7 +331,11 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         ids = [device.index] if cuda else None
         netG, netD = DDP(netG, device_ids=ids), DDP(netD, device_ids=ids)
     plainD = netD.module if world > 1 else netD  # G's step needs no gradient sync of D
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and cfg.amp)
+    bf16 = use_bf16(cfg.amp, device)
+    if main_proc:
+        print(f"device {device}, bf16 autocast {'on' if bf16 else 'off'}, "
+              f"{'channels-last' if cfg.channels_last else 'contiguous'} layout"
+              + (f", {world} processes" if world > 1 else ""))
 
     run = None
     if main_proc:
@@ -374,12 +378,12 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                         real = real.contiguous(memory_format=fmt)
                         wrong = wrong.contiguous(memory_format=fmt)
                     z = torch.randn(len(idx), cfg.z_dim, device=device)
-                    with autocast:
+                    with autocast(device, bf16):
                         fake, mu, logvar = netG(emb, z)
 
                     requires_grad(rawD, True)
                     optD.zero_grad(set_to_none=True)
-                    with autocast:
+                    with autocast(device, bf16):
                         d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu)
                     if not torch.isfinite(d_loss):
                         raise Diverged(step, d_stats)
@@ -388,7 +392,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
 
                     requires_grad(rawD, False)
                     optG.zero_grad(set_to_none=True)
-                    with autocast:
+                    with autocast(device, bf16):
                         g_loss, g_stats = generator_loss(plainD, fake, mu, mu, logvar, cfg.kl_coef)
                     if not torch.isfinite(g_loss):
                         raise Diverged(step, g_stats)
@@ -421,8 +425,10 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                 if snap:
                     dist.sync_buffers(rawG, rawD, netG_ema)
                 if main_proc and snap:
-                    write_snapshot(rawG if netG_ema is None else netG_ema, data, rows, fixed_noise,
-                                   out / "samples" / f"epoch_{epoch + 1:04d}.png", cfg.stage)
+                    with autocast(device, bf16):
+                        write_snapshot(rawG if netG_ema is None else netG_ema, data, rows,
+                                       fixed_noise, out / "samples" / f"epoch_{epoch + 1:04d}.png",
+                                       cfg.stage)
                     checkpoint(epoch + 1, 0, f"epoch_{epoch + 1:04d}")
                     log.flush()
     except Diverged as e:
@@ -479,7 +485,8 @@ def slug(text: str, n: int = 40) -> str:
 
 
 @torch.no_grad()
-def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64) -> torch.Tensor:
+def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64,
+                  bf16: bool = False) -> torch.Tensor:
     """n images per text embedding, (len(emb)*n, 3, S, S) on the CPU; the same seed gives
     the same images (noise and conditioning-augmentation samples are both seeded)."""
     device = emb.device
@@ -490,14 +497,15 @@ def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64) -
         torch.manual_seed(seed)
         for s in tqdm(range(0, len(flat_z), batch), desc="generating", unit="batch",
                       disable=len(flat_z) <= batch):
-            img, _, _ = netG(flat_emb[s:s + batch], flat_z[s:s + batch])
+            with autocast(device, bf16):
+                img, _, _ = netG(flat_emb[s:s + batch], flat_z[s:s + batch])
             images.append(img.float().cpu())
     return torch.cat(images)
 
 
 @torch.no_grad()
 def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
-    from get_embeddings import encode_texts
+    from get_embeddings import encode_texts, too_long
     device = resolve_device(cfg.device)
     if net_g is None:
         for s in ([stage] if stage else [2, 1]):
@@ -510,9 +518,14 @@ def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
                             "train one first (python main.py --train y --stage 1) or pass --net_g")
     netG, gcfg, _ = load_generator(net_g, device, expect_stage=stage)
     out = check_writable_dir(Path(cfg.out_dir) / "generated")
+    for i in too_long(prompts, gcfg.text_model):
+        print(f"note: prompt {i + 1} is longer than the text encoder reads; only its start is used")
     emb = torch.from_numpy(encode_texts(prompts, gcfg.text_model)).to(device)
     n = cfg.n_samples
-    images = sample_images(netG, emb, n, cfg.seed)
+    bf16 = use_bf16(cfg.amp, device)
+    if cfg.channels_last:
+        netG.to(memory_format=torch.channels_last)
+    images = sample_images(netG, emb, n, cfg.seed, bf16=bf16)
     grid = save_grid(images, out / "grid.png", nrow=n, row_labels=prompts)
     from utils import to_uint8
     from PIL import Image

@@ -42,6 +42,32 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bf16 arithmetic (AVX512-BF16 or AMX), where oneDNN runs
+    bf16 convolutions several times faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def use_bf16(mode: str, device: torch.device) -> bool:
+    if mode not in ("auto", "on", "off"):
+        raise UserError(f"--amp {mode}: expected auto, on or off")
+    if mode != "auto":
+        return mode == "on"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def autocast(device: torch.device, enabled: bool):
+    """A fresh bf16 autocast context for `device` (a no-op when not enabled)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def requires_grad(model: torch.nn.Module, flag: bool = True):
     for p in model.parameters():
         p.requires_grad_(flag)
@@ -72,10 +98,12 @@ def check_writable_dir(path) -> Path:
 
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(0, I)), averaged over batch and dimensions."""
+    mu, logvar = mu.float(), logvar.float()
     return -0.5 * torch.mean(1 + logvar - mu.pow(2) - logvar.exp())
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    logits = logits.float()  # losses in fp32 also under bf16 autocast
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 

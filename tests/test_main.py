@@ -70,10 +70,11 @@ def test_stage1_stage2_then_generation(dfmm, tmp_path, capsys):
 
     # prompts from a file, Stage I explicitly
     pf = tmp_path / "prompts.txt"
-    pf.write_text("blue t-shirt\n\nnavy pants\n")
-    rc, _, err = run(["--train", "n", "--out_dir", str(out), "--prompts_file", str(pf),
-                      "--net_g", str(s1 / "last.pt"), "--n_samples", "2"], capsys)
+    pf.write_text("blue t-shirt\n\nnavy pants\n" + "a very long red dress " * 120 + "\n")
+    rc, stdout, err = run(["--train", "n", "--out_dir", str(out), "--prompts_file", str(pf),
+                           "--net_g", str(s1 / "last.pt"), "--n_samples", "2"], capsys)
     assert rc == 0, err
+    assert "prompt 3 is longer than the text encoder reads" in stdout
     assert Image.open(g / "000_blue-t-shirt_0.png").size == (16, 16)
 
 
