@@ -256,7 +256,7 @@ def _accuracy(logp: torch.Tensor, target) -> tuple[float, int]:
     n = int(ok.sum())
     if n == 0:
         return float("nan"), 0
-    return float((logp.argmax(1)[ok] == target[ok]).float().mean()), n
+    return float((logp.argmax(1)[ok] == target[ok]).double().mean()), n
 
 
 def featnet_key(data, train_idx, index_key: str, width: int, epochs: int) -> str:
@@ -405,7 +405,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    netG, gcfg, state = main_mod.load_generator(net_g_path, device)
+    netG, gcfg, _ = main_mod.load_generator(net_g_path, device)
     out = check_writable_dir(Path(cfg.out_dir) / "eval")
     cfg = dataclasses.replace(cfg, text_model=gcfg.text_model, text_dim=gcfg.text_dim)
     if gcfg.resolved_data_dir().resolve() != cfg.resolved_data_dir().resolve():
@@ -430,7 +430,8 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     net, finfo = load_or_train_feature_net(cfg, data, train_idx, held_idx, index_key, device,
                                            epochs=feat_epochs, width=feat_width,
                                            progress=progress)
-    print(f"garment feature net ({'trained' if finfo['trained'] else 'cached'}, {finfo['path']}): "
+    how = f"trained in {finfo['seconds']:.0f}s" if finfo["trained"] else "cached"
+    print(f"garment feature net ({how}, {finfo['path']}): "
           f"held-out kind accuracy {finfo['kind_acc']:.3f} (n={finfo['n_heldout']}), colour "
           f"accuracy {finfo['colour_acc']:.3f} (n={finfo['n_heldout_colour']})")
 
@@ -457,8 +458,17 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
 
     print(f"generating {len(sel)} images ({n_per_kind} per kind, {len(present)} kinds) "
           f"with {net_g_path}")
-    emb = data.emb[torch.as_tensor(sel)].to(device)
-    images = main_mod.sample_images(netG, emb, 1, cfg.seed)
+    # one kind at a time, kept at 64 px (plus the grid's images at full size) so that
+    # memory stays bounded by n_per_kind for 256 px Stage-II images
+    images, shown = [], []
+    cols = min(n_per_kind, GRID_COLUMNS)
+    for j, kd in enumerate(tqdm(present, desc="generating", unit="kind", disable=not progress)):
+        part = sel[j * n_per_kind:(j + 1) * n_per_kind]
+        img = main_mod.sample_images(netG, data.emb[torch.as_tensor(part)].to(device), 1,
+                                     cfg.seed * 1000 + kd)
+        shown.append(img[:cols])
+        images.append(to_feat_size(img))
+    images = torch.cat(images)
     g_feat, g_kl, g_cl = featurize(net, images, device, desc="features: generated",
                                    progress=progress)
     ref_feat = r_feat[torch.as_tensor(np.searchsorted(held_idx, sel))]  # real images of `sel`
@@ -509,10 +519,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     _atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
 
     # grid: one row per kind, up to GRID_COLUMNS of its evaluated images
-    cols = min(n_per_kind, GRID_COLUMNS)
-    pick = np.concatenate([np.arange(i * n_per_kind, i * n_per_kind + cols)
-                           for i in range(len(present))])
-    grid = save_grid(images[torch.as_tensor(pick)], out / "generated.png", nrow=cols,
+    grid = save_grid(torch.cat(shown), out / "generated.png", nrow=cols,
                      row_labels=[KINDS[kd] for kd in present])
     metrics["csv"], metrics["grid"] = str(csv_path), str(grid)
 
