@@ -387,8 +387,10 @@ class FashionData:
         self.kinds = [index["kinds"][i] for i in keep]
         self.captions = [index["captions"][i] for i in keep]
         self.emb = torch.from_numpy(np.ascontiguousarray(emb[keep], dtype=np.float32))
-        unit = F.normalize(self.emb, dim=1)
-        self._unit = unit
+        self._unit = F.normalize(self.emb, dim=1)
+        names = sorted(set(self.kinds))
+        self._kind_id = np.array([names.index(k) for k in self.kinds])
+        self._by_kind = [np.flatnonzero(self._kind_id == i) for i in range(len(names))]
         self.size = index["size"]
 
     def __len__(self):
@@ -407,14 +409,25 @@ class FashionData:
             x = x.pin_memory().to(device, non_blocking=True)
         return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
 
-    def wrong_indices(self, idx, max_cos: float, generator=None, tries: int = 20) -> np.ndarray:
-        """For each i in idx, a j whose caption embedding has cosine < max_cos with i's."""
+    def wrong_indices(self, idx, max_cos: float, generator=None, same_kind: float = 0.5,
+                      tries: int = 20) -> np.ndarray:
+        """For each i in idx, a j whose caption embedding has cosine < max_cos with i's.
+
+        A share `same_kind` of the j are drawn from i's own garment kind, so the
+        discriminator also learns to reject a dress of the wrong colour or pattern, not
+        only the wrong kind of garment."""
         idx = torch.as_tensor(np.asarray(idx))
         j = torch.randint(len(self), idx.shape, generator=generator)
-        for _ in range(tries):
+        hard = torch.rand(idx.shape, generator=generator) < same_kind
+        for t in range(tries):
+            if t < tries // 2 and hard.any():  # same-kind candidates first
+                for k in hard.nonzero().flatten().tolist():
+                    pool = self._by_kind[self._kind_id[int(idx[k])]]
+                    j[k] = int(pool[int(torch.randint(len(pool), (1,), generator=generator))])
             bad = (self._unit[idx] * self._unit[j]).sum(1) >= max_cos
             if not bad.any():
                 break
+            hard &= bad
             j[bad] = torch.randint(len(self), (int(bad.sum()),), generator=generator)
         return j.numpy()
 
@@ -427,7 +440,7 @@ class FashionData:
 
     def batch(self, idx, cfg: Config, generator=None, augment_images: bool = True, device=None):
         """(real images, wrong images, text embeddings) for sample indices `idx`."""
-        wrong = self.wrong_indices(idx, cfg.wrong_max_cos, generator)
+        wrong = self.wrong_indices(idx, cfg.wrong_max_cos, generator, cfg.wrong_same_kind)
         real, mismatched = self.pixels(idx, device), self.pixels(wrong, device)
         if augment_images:
             real, mismatched = augment(real, generator), augment(mismatched, generator)

@@ -161,6 +161,15 @@ def test_training_batches_and_wrong_pairs(dfmm):
         sim = torch.nn.functional.cosine_similarity(data.emb[idx], data.emb[j])
         assert (sim < cfg.wrong_max_cos).all()
         assert all(data.captions[a] != data.captions[b] for a, b in zip(idx, j))
+    # hard negatives: with same_kind=1 the wrong image is mostly of the real one's kind
+    idx = np.arange(len(data))
+    share = {}
+    for p in (0.0, 1.0):
+        j = data.wrong_indices(idx, cfg.wrong_max_cos, torch.Generator().manual_seed(5), p)
+        share[p] = np.mean([data.kinds[a] == data.kinds[b] for a, b in zip(idx, j)])
+        sim = torch.nn.functional.cosine_similarity(data.emb[idx], data.emb[j])
+        assert (sim < cfg.wrong_max_cos).all()
+    assert share[1.0] > share[0.0] + 0.2
     # every sample is visited once per epoch; ranks split an epoch without overlap
     seen = np.concatenate(list(data.batches(1, torch.Generator().manual_seed(1))))
     assert sorted(seen) == list(range(len(data)))
