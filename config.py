@@ -73,6 +73,11 @@ class Config:
     lr_decay_epoch: int = 20  # LR halves every this many epochs
     kl_coef: float = 2.0
     ema_decay: float = 0.0  # >0: keep an exponential moving average of G for samples (0: off, as StackGAN)
+    # small-data / stability switches (the defaults are StackGAN's original choices)
+    loss: str = "bce"  # bce (StackGAN) | hinge
+    d_norm: str = "bn"  # discriminator normalisation: bn (StackGAN) | sn (spectral norm, no BN)
+    diffaug: str = ""  # differentiable augmentation of every D input, e.g. "color,translation,cutout"
+    r1_gamma: float = 0.0  # >0: R1 gradient penalty on real images
     max_steps: int = 0  # >0: stop with a checkpoint after this many steps in all (0: run every epoch)
     snapshot_interval: int = 10  # epochs between checkpoints and sample grids
     log_interval: int = 10  # steps between log rows
@@ -111,6 +116,25 @@ class Config:
             return self.wandb_mode
         return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
+    def validate(self) -> "Config":
+        """Raise ValueError naming a setting whose value is not one of its choices."""
+        choices = {"loss": ("bce", "hinge"), "d_norm": ("bn", "sn"), "amp": ("auto", "on", "off"),
+                   "stage": (1, 2)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of "
+                                 + ", ".join(map(str, allowed)))
+        for p in filter(None, (s.strip() for s in self.diffaug.split(","))):
+            if p not in ("color", "translation", "cutout"):
+                raise ValueError(f"--diffaug: unknown policy {p!r} (use color, translation, cutout)")
+        for name in ("batch_size", "epochs", "lr_decay_epoch", "snapshot_interval", "log_interval",
+                     "n_samples", "z_dim", "condition_dim", "gf_dim", "df_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+        return self
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -123,4 +147,4 @@ class Config:
 # fields whose values change the shape of the networks: a checkpoint only loads
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
-               "r_num", "text_dim")
+               "r_num", "text_dim", "d_norm")

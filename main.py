@@ -98,7 +98,11 @@ def make_config(args) -> tuple[Config, set]:
     if args.debug:
         values.update(DEBUG)
     values.update(explicit)
-    return Config(**values), set(explicit)
+    try:
+        cfg = Config(**values).validate()
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return cfg, set(explicit)
 
 
 # ---------------------------------------------------------------------------- models
@@ -384,7 +388,8 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                     requires_grad(rawD, True)
                     optD.zero_grad(set_to_none=True)
                     with autocast(device, bf16):
-                        d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu)
+                        d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu, cfg.loss,
+                                                             cfg.diffaug, cfg.r1_gamma)
                     if not torch.isfinite(d_loss):
                         raise Diverged(step, d_stats)
                     d_loss.backward()
@@ -393,7 +398,8 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                     requires_grad(rawD, False)
                     optG.zero_grad(set_to_none=True)
                     with autocast(device, bf16):
-                        g_loss, g_stats = generator_loss(plainD, fake, mu, mu, logvar, cfg.kl_coef)
+                        g_loss, g_stats = generator_loss(plainD, fake, mu, mu, logvar, cfg.kl_coef,
+                                                         cfg.loss, cfg.diffaug)
                     if not torch.isfinite(g_loss):
                         raise Diverged(step, g_stats)
                     g_loss.backward()
@@ -541,7 +547,7 @@ def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg, explicit = make_config(args)
+        cfg, explicit = make_config(args)  # inside the try: a bad value is a clear error
         if args.train:
             cfg = dataclasses.replace(cfg, stage=args.stage or 1)
             train(cfg, explicit, args.stage1_g, resume=args.resume)

@@ -38,11 +38,24 @@ def up_block(cin: int, cout: int) -> nn.Sequential:
                          nn.BatchNorm2d(cout), nn.ReLU(True))
 
 
-def down_block(cin: int, cout: int, bn: bool = True) -> nn.Sequential:
+def d_conv(cin: int, cout: int, k: int, s: int, p: int, norm: str) -> nn.Module:
+    """A discriminator conv: with spectral norm (and a bias) when norm == "sn"."""
+    if norm == "sn":
+        return nn.utils.parametrizations.spectral_norm(nn.Conv2d(cin, cout, k, s, p))
+    return nn.Conv2d(cin, cout, k, s, p, bias=False)
+
+
+def d_norm_layer(ch: int, norm: str) -> nn.Module:
+    if norm not in ("bn", "sn"):
+        raise ValueError(f"d_norm must be bn or sn, got {norm!r}")
+    return nn.BatchNorm2d(ch) if norm == "bn" else nn.Identity()
+
+
+def down_block(cin: int, cout: int, bn: bool = True, norm: str = "bn") -> nn.Sequential:
     """4x4 stride-2 conv, optional BN, LeakyReLU(0.2)."""
-    layers = [nn.Conv2d(cin, cout, 4, 2, 1, bias=False)]
+    layers = [d_conv(cin, cout, 4, 2, 1, norm)]
     if bn:
-        layers.append(nn.BatchNorm2d(cout))
+        layers.append(d_norm_layer(cout, norm))
     layers.append(nn.LeakyReLU(0.2, True))
     return nn.Sequential(*layers)
 
@@ -148,11 +161,11 @@ class Stage2_G(nn.Module):
 class D_Logits(nn.Module):
     """Conditional (image, text) logit, and optionally an unconditional one."""
 
-    def __init__(self, ch: int, c_dim: int, uncond: bool):
+    def __init__(self, ch: int, c_dim: int, uncond: bool, norm: str = "bn"):
         super().__init__()
-        self.joint = nn.Sequential(conv3x3(ch + c_dim, ch), nn.BatchNorm2d(ch),
-                                   nn.LeakyReLU(0.2, True), nn.Conv2d(ch, 1, 4, 4))
-        self.uncond = nn.Conv2d(ch, 1, 4, 4) if uncond else None
+        self.joint = nn.Sequential(d_conv(ch + c_dim, ch, 3, 1, 1, norm), d_norm_layer(ch, norm),
+                                   nn.LeakyReLU(0.2, True), d_conv(ch, 1, 4, 4, 0, norm))
+        self.uncond = d_conv(ch, 1, 4, 4, 0, norm) if uncond else None
 
     def forward(self, feat, c):
         c_map = c[:, :, None, None].expand(-1, -1, feat.size(2), feat.size(3))
@@ -164,17 +177,18 @@ class D_Logits(nn.Module):
 class _Discriminator(nn.Module):
     def __init__(self, cfg: Config, size: int, uncond: bool):
         super().__init__()
-        ndf = cfg.df_dim
+        ndf, norm = cfg.df_dim, cfg.d_norm
         n_down = _log2(size, "image size") - 2
         chans = [ndf * 2 ** i for i in range(n_down)]
-        layers = [down_block(3, chans[0], bn=False)]
-        layers += [down_block(chans[i], chans[i + 1]) for i in range(n_down - 1)]
+        layers = [down_block(3, chans[0], bn=False, norm=norm)]
+        layers += [down_block(chans[i], chans[i + 1], norm=norm) for i in range(n_down - 1)]
         ch = chans[-1]
         while ch > ndf * 8:  # Stage II: squeeze back to ndf*8 channels at 4x4
-            layers += [conv3x3(ch, ch // 2), nn.BatchNorm2d(ch // 2), nn.LeakyReLU(0.2, True)]
+            layers += [d_conv(ch, ch // 2, 3, 1, 1, norm), d_norm_layer(ch // 2, norm),
+                       nn.LeakyReLU(0.2, True)]
             ch //= 2
         self.encode = nn.Sequential(*layers)
-        self.logits = D_Logits(ch, cfg.condition_dim, uncond)
+        self.logits = D_Logits(ch, cfg.condition_dim, uncond, norm)
 
     def forward(self, img, c):
         """Returns (conditional logits, unconditional logits or None), one per image."""
@@ -194,7 +208,10 @@ class Stage2_D(_Discriminator):
 def weights_init(m: nn.Module):
     """StackGAN init: N(0, 0.02) convs and linears, N(1, 0.02) norm scales."""
     if isinstance(m, (nn.Conv2d, nn.Linear)):
-        nn.init.normal_(m.weight, 0.0, 0.02)
+        if nn.utils.parametrize.is_parametrized(m, "weight"):  # spectral norm
+            nn.init.normal_(m.parametrizations.weight.original, 0.0, 0.02)
+        else:
+            nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
     elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):

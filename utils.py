@@ -107,37 +107,106 @@ def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
-def discriminator_loss(netD, real, wrong, fake, cond):
+def _d_term(logits: torch.Tensor, real: bool, loss: str) -> torch.Tensor:
+    """D's loss for logits that should read real (True) or fake (False)."""
+    if loss == "hinge":
+        logits = logits.float()
+        return F.relu(1 - logits).mean() if real else F.relu(1 + logits).mean()
+    return _bce(logits, 1.0 if real else 0.0)
+
+
+def _g_term(logits: torch.Tensor, loss: str) -> torch.Tensor:
+    return -logits.float().mean() if loss == "hinge" else _bce(logits, 1.0)
+
+
+def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
+    """Differentiable augmentation (Zhao et al., 2020) of a batch in [-1, 1]: the same
+    kind of random change is applied to real and generated images before D sees them,
+    so D cannot memorise a small training set and G is not pushed to copy the changes.
+    policy: comma-separated subset of color, translation, cutout."""
+    if not policy:
+        return x
+    b, dev = x.size(0), x.device
+    for p in policy.split(","):
+        p = p.strip()
+        if p == "color":
+            x = x + (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) - 0.5)
+            mean = x.mean(dim=1, keepdim=True)
+            x = (x - mean) * (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) * 2) + mean
+            mean = x.mean(dim=[1, 2, 3], keepdim=True)
+            x = (x - mean) * (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) + 0.5) + mean
+        elif p == "translation":
+            h, w = x.shape[2:]
+            sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+            ty = torch.randint(-sh, sh + 1, (b, 1, 1), device=dev)
+            tx = torch.randint(-sw, sw + 1, (b, 1, 1), device=dev)
+            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev),
+                                    indexing="ij")
+            gy = (gy[None] + ty + 1).clamp(0, h + 1)
+            gx = (gx[None] + tx + 1).clamp(0, w + 1)
+            padded = F.pad(x, [1, 1, 1, 1])
+            idx = (gy * (w + 2) + gx).view(b, 1, -1).expand(-1, x.size(1), -1)
+            x = padded.flatten(2).gather(2, idx).view_as(x)
+        elif p == "cutout":
+            h, w = x.shape[2:]
+            ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+            oy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=dev) - ch // 2
+            ox = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=dev) - cw // 2
+            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev),
+                                    indexing="ij")
+            inside = ((gy[None] >= oy) & (gy[None] < oy + ch) & (gx[None] >= ox) & (gx[None] < ox + cw))
+            x = x * (~inside).unsqueeze(1).to(x.dtype)
+        elif p:
+            raise UserError(f"--diffaug: unknown policy {p!r} (use color, translation, cutout)")
+    return x
+
+
+def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug: str = "",
+                       r1_gamma: float = 0.0):
     """StackGAN matching-aware D loss.
 
-    real + matching text -> 1; wrong image + this text -> 0; fake + text -> 0, with
-    wrong and fake weighted by one half. When D has an unconditional head (Stage II),
-    real -> 1 and fake -> 0 are added to the real and fake terms.
+    real + matching text -> real; wrong image + this text -> fake; generated + text ->
+    fake, with wrong and generated weighted by one half. When D has an unconditional
+    head (Stage II), real -> real and generated -> fake are added to those terms.
+    `loss` picks the BCE of StackGAN or the hinge loss; `diffaug` augments every D input;
+    `r1_gamma` adds the R1 penalty gamma/2 * E|grad_x D(x, text)|^2 on real images.
     """
     cond = cond.detach()
-    real_c, real_u = netD(real, cond)
-    wrong_c, _ = netD(wrong, cond)
-    fake_c, fake_u = netD(fake.detach(), cond)
-    l_real, l_wrong, l_fake = _bce(real_c, 1.0), _bce(wrong_c, 0.0), _bce(fake_c, 0.0)
+    real_in = diff_augment(real, diffaug)
+    if r1_gamma > 0:
+        real_in = real_in.detach().requires_grad_(True)
+    real_c, real_u = netD(real_in, cond)
+    wrong_c, _ = netD(diff_augment(wrong, diffaug), cond)
+    fake_c, fake_u = netD(diff_augment(fake.detach(), diffaug), cond)
+    l_real, l_wrong = _d_term(real_c, True, loss), _d_term(wrong_c, False, loss)
+    l_fake = _d_term(fake_c, False, loss)
     if real_u is not None:
-        l_real = l_real + _bce(real_u, 1.0)
-        l_fake = l_fake + _bce(fake_u, 0.0)
-    loss = l_real + 0.5 * (l_wrong + l_fake)
-    stats = {"d_loss": loss.item(), "d_real": l_real.item(), "d_wrong": l_wrong.item(),
-             "d_fake": l_fake.item(), "d_real_prob": torch.sigmoid(real_c).mean().item(),
-             "d_fake_prob": torch.sigmoid(fake_c).mean().item()}
-    return loss, stats
+        l_real = l_real + _d_term(real_u, True, loss)
+        l_fake = l_fake + _d_term(fake_u, False, loss)
+    total = l_real + 0.5 * (l_wrong + l_fake)
+    stats = {"d_real": l_real.item(), "d_wrong": l_wrong.item(), "d_fake": l_fake.item(),
+             "d_real_prob": torch.sigmoid(real_c.float()).mean().item(),
+             "d_fake_prob": torch.sigmoid(fake_c.float()).mean().item()}
+    if r1_gamma > 0:
+        out = real_c.float().sum() + (real_u.float().sum() if real_u is not None else 0)
+        grad, = torch.autograd.grad(out, real_in, create_graph=True)
+        r1 = grad.float().pow(2).flatten(1).sum(1).mean()
+        total = total + 0.5 * r1_gamma * r1
+        stats["r1"] = r1.item()
+    stats["d_loss"] = total.item()
+    return total, stats
 
 
-def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float):
+def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bce",
+                   diffaug: str = ""):
     """Fool D (conditional, plus unconditional when present) + kl_coef * KL."""
-    fake_c, fake_u = netD(fake, cond.detach())
-    l_adv = _bce(fake_c, 1.0)
+    fake_c, fake_u = netD(diff_augment(fake, diffaug), cond.detach())
+    l_adv = _g_term(fake_c, loss)
     if fake_u is not None:
-        l_adv = l_adv + _bce(fake_u, 1.0)
+        l_adv = l_adv + _g_term(fake_u, loss)
     l_kl = kl_loss(mu, logvar)
-    loss = l_adv + kl_coef * l_kl
-    return loss, {"g_loss": loss.item(), "g_adv": l_adv.item(), "kl": l_kl.item()}
+    total = l_adv + kl_coef * l_kl
+    return total, {"g_loss": total.item(), "g_adv": l_adv.item(), "kl": l_kl.item()}
 
 
 # --------------------------------------------------------------------------- grids

@@ -146,3 +146,24 @@ def test_unwritable_output_dir_is_a_clear_error(dfmm, tmp_path, capsys):
     blocker.write_text("a file where the output folder should go")
     rc, _, err = run(["--train", "y"] + tiny_args(root, blocker / "out"), capsys)
     assert rc == 2 and "not writable" in err
+
+
+def test_training_with_every_small_data_switch(dfmm, tmp_path, capsys):
+    root, _ = dfmm
+    rc, _, err = run(["--train", "y"] + tiny_args(root, tmp_path / "o") +
+                     ["--loss", "hinge", "--d_norm", "sn", "--diffaug", "color,translation,cutout",
+                      "--r1_gamma", "1", "--ema_decay", "0.9", "--epochs", "1"], capsys)
+    assert rc == 0, err
+    state = load_checkpoint(tmp_path / "o" / "stage1" / "last.pt")
+    assert state["netG_ema"] is not None and state["config"]["loss"] == "hinge"
+    log = pd.read_csv(tmp_path / "o" / "stage1" / "losses.csv")
+    assert "r1" in log.columns and (log["r1"] >= 0).all()
+
+
+@pytest.mark.parametrize("flag,value,msg", [("--loss", "wgan", "--loss 'wgan'"),
+                                            ("--diffaug", "rotate", "unknown policy"),
+                                            ("--batch_size", "0", "at least 1"),
+                                            ("--ema_decay", "1.5", "ema_decay")])
+def test_bad_setting_values(tmp_path, capsys, flag, value, msg):
+    rc, _, err = run(["--train", "y", "--out_dir", str(tmp_path), flag, value], capsys)
+    assert rc == 2 and msg in err and "Traceback" not in err

@@ -131,3 +131,75 @@ def test_discriminator_loss_trains_d_only():
     loss.backward()
     assert all(p.grad is None for p in g.parameters())  # fake and condition are detached
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.parameters())
+
+
+def test_hinge_losses():
+    x = torch.zeros(1, 3, 4, 4)
+    c = torch.zeros(1, 2)
+    t = lambda v: torch.tensor([v])
+    d = FixedD([(t(0.5), t(2.0)), (t(-0.5), None), (t(0.25), t(-3.0))])
+    loss, _ = discriminator_loss(d, x, x, x, c, loss="hinge")
+    # real: relu(1-0.5) + relu(1-2) ; wrong: relu(1-0.5) ; fake: relu(1+0.25) + relu(1-3)
+    assert loss.item() == pytest.approx(0.5 + 0.0 + 0.5 * (0.5 + 1.25 + 0.0))
+    mu, logvar = torch.zeros(1, 1), torch.zeros(1, 1)
+    loss, _ = generator_loss(FixedD([(t(0.7), t(-0.2))]), x, c, mu, logvar, 2.0, loss="hinge")
+    assert loss.item() == pytest.approx(-0.7 + 0.2)
+
+
+class LinearD(torch.nn.Module):
+    """D(x, c) = <w, x>: its input gradient is w, so R1 = |w|^2."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, img, c):
+        return (img * self.w).flatten(1).sum(1), None
+
+
+def test_r1_penalty_matches_hand_value():
+    w = torch.randn(1, 3, 4, 4)
+    real = torch.randn(5, 3, 4, 4)
+    loss0, _ = discriminator_loss(LinearD(w), real, real, real, torch.zeros(5, 2))
+    loss, stats = discriminator_loss(LinearD(w), real, real, real, torch.zeros(5, 2), r1_gamma=10.0)
+    assert stats["r1"] == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+    assert loss.item() == pytest.approx(loss0.item() + 5.0 * w.pow(2).sum().item(), rel=1e-5)
+    loss.backward()  # the penalty is differentiable in D's weights
+
+
+def test_diff_augment():
+    from utils import UserError, diff_augment
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    x.requires_grad_(True)
+    for policy in ("color", "translation", "cutout", "color,translation,cutout"):
+        y = diff_augment(x, policy)
+        assert y.shape == x.shape and not torch.equal(y, x)
+        y.sum().backward()  # gradients reach the generator through the augmentation
+        assert x.grad is not None and x.grad.abs().sum() > 0
+        x.grad = None
+    assert diff_augment(x, "") is x
+    # cutout blanks a quarter of the image (a half-size square, clipped at the border)
+    y = diff_augment(torch.ones(64, 3, 16, 16), "cutout")
+    zero = (y[:, 0] == 0).float().mean((1, 2))
+    assert (zero <= 0.25 + 1e-6).all() and zero.mean() > 0.1
+    # translation moves content by at most 1/8 of the size, filling with zeros
+    img = torch.zeros(64, 1, 16, 16)
+    img[:, :, 8, 8] = 1
+    y = diff_augment(img, "translation")
+    pos = y.flatten(1).argmax(1)
+    assert ((pos // 16 - 8).abs() <= 2).all() and ((pos % 16 - 8).abs() <= 2).all()
+    assert (y.sum((1, 2, 3)) == 1).all()
+    with pytest.raises(UserError):
+        diff_augment(x, "rotate")
+
+
+def test_spectral_norm_discriminator():
+    cfg = tiny(stage1_size=16, d_norm="sn")
+    d = Stage1_D(cfg)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    assert any(torch.nn.utils.parametrize.is_parametrized(m) for m in d.modules())
+    from model import weights_init
+    d.apply(weights_init)
+    cond, _ = d(torch.randn(2, 3, 16, 16), torch.randn(2, cfg.condition_dim))
+    assert cond.shape == (2,) and torch.isfinite(cond).all()
