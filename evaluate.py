@@ -62,7 +62,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import KINDS, Config
-from utils import UserError, _atomic_write, check_writable_dir, init_wandb, resolve_device, save_grid
+from utils import (UserError, _atomic_write, check_writable_dir, init_wandb, resolve_device,
+                   run_cli, save_grid)
 
 FEATNET_VERSION = "garment-featnet-v1"
 FEAT_SIZE = 64  # the feature net works on 64 px images
@@ -600,15 +601,8 @@ def main(argv=None) -> int:
                  embeddings_path=args.embeddings_path, seed=args.seed, device=args.device,
                  num_threads=args.num_threads,
                  out_dir=args.out_dir, wandb_mode=args.wandb_mode)
-    try:
-        evaluate(args.net_g, cfg, n_per_kind=args.n_per_kind, k=args.k,
-                 feat_epochs=args.feat_epochs)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_cli(lambda: evaluate(args.net_g, cfg, n_per_kind=args.n_per_kind, k=args.k,
+                                    feat_epochs=args.feat_epochs))
 
 
 if __name__ == "__main__":

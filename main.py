@@ -28,7 +28,8 @@ from tqdm import tqdm
 from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
                    discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
-                   requires_grad, resolve_device, save_checkpoint, save_grid, set_seed, use_bf16)
+                   requires_grad, resolve_device, run_cli, save_checkpoint, save_grid, set_seed,
+                   use_bf16)
 
 DEFAULT_PROMPTS = [
     "The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.",
@@ -390,20 +391,14 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                     with autocast(device, bf16):
                         d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu, cfg.loss,
                                                              cfg.diffaug, cfg.r1_gamma)
-                    if not torch.isfinite(d_loss):
-                        raise Diverged(step, d_stats)
-                    d_loss.backward()
-                    optD.step()
+                    apply_update(optD, d_loss, d_stats, step)
 
                     requires_grad(rawD, False)
                     optG.zero_grad(set_to_none=True)
                     with autocast(device, bf16):
                         g_loss, g_stats = generator_loss(plainD, fake, mu, mu, logvar, cfg.kl_coef,
                                                          cfg.loss, cfg.diffaug)
-                    if not torch.isfinite(g_loss):
-                        raise Diverged(step, g_stats)
-                    g_loss.backward()
-                    optG.step()
+                    apply_update(optG, g_loss, g_stats, step)
                     if netG_ema is not None:
                         accumulate(netG_ema, rawG, cfg.ema_decay)
                     step += 1
@@ -464,6 +459,15 @@ class Diverged(Exception):
     def __init__(self, step, stats):
         super().__init__(step)
         self.step, self.stats = step, {k: round(v, 4) for k, v in stats.items()}
+
+
+def apply_update(opt, loss, stats, step):
+    """Backward and optimizer step, refused (before any weight changes) for a
+    non-finite loss."""
+    if not torch.isfinite(loss):
+        raise Diverged(step, stats)
+    loss.backward()
+    opt.step()
 
 
 # ------------------------------------------------------------------------ generation
@@ -546,20 +550,16 @@ def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg, explicit = make_config(args)  # inside the try: a bad value is a clear error
+
+    def job():
+        cfg, explicit = make_config(args)
         if args.train:
-            cfg = dataclasses.replace(cfg, stage=args.stage or 1)
-            train(cfg, explicit, args.stage1_g, resume=args.resume)
+            train(dataclasses.replace(cfg, stage=args.stage or 1), explicit, args.stage1_g,
+                  resume=args.resume)
         else:
-            prompts = read_prompts(args.prompt, args.prompts_file)
-            generate(cfg, args.net_g, prompts, stage=args.stage)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+            generate(cfg, args.net_g, read_prompts(args.prompt, args.prompts_file), stage=args.stage)
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

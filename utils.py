@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -17,6 +18,19 @@ from config import ARCH_FIELDS, Config
 
 class UserError(Exception):
     """A problem with the user's input or files; main.py prints it without a traceback."""
+
+
+def run_cli(job) -> int:
+    """Run a command-line job: a UserError becomes one `error: ...` line and exit code 2,
+    Ctrl-C exit code 130; never a traceback for the user's mistakes."""
+    try:
+        job()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
 
 
 def first_line(e: BaseException) -> str:
