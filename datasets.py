@@ -389,8 +389,12 @@ class FashionData:
         self.emb = torch.from_numpy(np.ascontiguousarray(emb[keep], dtype=np.float32))
         self._unit = F.normalize(self.emb, dim=1)
         names = sorted(set(self.kinds))
-        self._kind_id = np.array([names.index(k) for k in self.kinds])
-        self._by_kind = [np.flatnonzero(self._kind_id == i) for i in range(len(names))]
+        kind_id = np.array([names.index(k) for k in self.kinds])
+        counts = np.bincount(kind_id, minlength=len(names))
+        self._kind_id = torch.from_numpy(kind_id)
+        self._kind_order = torch.from_numpy(np.argsort(kind_id, kind="stable"))  # grouped by kind
+        self._kind_count = torch.from_numpy(counts)
+        self._kind_start = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
         self.size = index["size"]
 
     def __len__(self):
@@ -419,11 +423,12 @@ class FashionData:
         idx = torch.as_tensor(np.asarray(idx))
         j = torch.randint(len(self), idx.shape, generator=generator)
         hard = torch.rand(idx.shape, generator=generator) < same_kind
+        kid = self._kind_id[idx]
         for t in range(tries):
-            if t < tries // 2 and hard.any():  # same-kind candidates first
-                for k in hard.nonzero().flatten().tolist():
-                    pool = self._by_kind[self._kind_id[int(idx[k])]]
-                    j[k] = int(pool[int(torch.randint(len(pool), (1,), generator=generator))])
+            if t < tries // 2 and hard.any():  # same-kind candidates first, vectorised
+                r = torch.rand(idx.shape, generator=generator)
+                pick = self._kind_order[self._kind_start[kid] + (r * self._kind_count[kid]).long()]
+                j = torch.where(hard, pick, j)
             bad = (self._unit[idx] * self._unit[j]).sum(1) >= max_cos
             if not bad.any():
                 break

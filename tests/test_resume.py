@@ -89,7 +89,8 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(dfmm, tmp_path, capsys):
     assert (out / "stage1" / "last.pt").read_bytes() == good
 
 
-def test_sigint_saves_and_exits_zero(dfmm, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_and_exits_zero(dfmm, tmp_path, sig):
     root, _ = dfmm
     out = tmp_path / "o"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -102,7 +103,7 @@ def test_sigint_saves_and_exits_zero(dfmm, tmp_path):
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     assert first.exists(), proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr[-2000:]
     assert "Resume with: python main.py" in stdout
