@@ -415,6 +415,10 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                         dist.sync_buffers(rawG, rawD, netG_ema)
                         if main_proc:
                             checkpoint(epoch, i + 1, "interrupted")
+                            with autocast(device, bf16):
+                                write_snapshot(rawG if netG_ema is None else netG_ema, data, rows,
+                                               fixed_noise, out / "samples" / "interrupted.png",
+                                               cfg.stage)
                         break
                 if stopped:
                     break

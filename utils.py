@@ -252,11 +252,12 @@ def _font(size: int):
 
 
 def save_grid(images: torch.Tensor, path, nrow: int = 8, captions=None, row_labels=None,
-              font_size: int = 11) -> Path:
+              font_size: int | None = None) -> Path:
     """Write a PNG grid. `captions`: one per image, printed under it.
     `row_labels`: one per row, printed in a column to the left (generation grids)."""
     images = images.detach().float().cpu()
     n, _, h, w = images.shape
+    font_size = font_size or max(11, h // 14)  # readable beside 256 px images too
     pad = 2
     cell_w = w + pad
     font = _font(font_size)
@@ -269,7 +270,7 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, captions=None, row_labe
         wrapped, band = None, 0
     label_w = 0
     if row_labels is not None:
-        label_w = 200
+        label_w = 200 * font_size // 11
         lab_chars = int(label_w / (font_size * 0.55))
         row_wrapped = [textwrap.wrap(t, lab_chars)[: max(1, h // line_h)] for t in row_labels]
     rows = (n + nrow - 1) // nrow

@@ -110,6 +110,7 @@ def test_signal_saves_and_exits_zero(dfmm, tmp_path, sig):
     assert "Traceback" not in stderr
     state = load_checkpoint(out / "stage1" / "last.pt")
     assert (out / "stage1" / "checkpoints" / "interrupted.pt").is_file()
+    assert (out / "stage1" / "samples" / "interrupted.png").is_file()
     assert state["step"] >= 1
 
 
