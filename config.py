@@ -32,8 +32,7 @@ PARSING_LABELS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 
 
 # Settings used when no --data_dir is given: the built-in synthetic garments are
 # simple, so narrower networks learn them within minutes on a laptop CPU.
-BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, batch_size=32, snapshot_interval=5,
-                      ema_decay=0.995)
+BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, batch_size=32, snapshot_interval=5)
 
 
 @dataclass
@@ -50,7 +49,7 @@ class Config:
     crop_margin: float = 0.08  # margin around a segm region crop, as a share of its size
     max_samples: int = 0  # 0: all
     wrong_max_cos: float = 0.95  # a "wrong" caption must have cosine similarity below this
-    wrong_same_kind: float = 0.5  # share of "wrong" images drawn from the real image's own kind
+    wrong_same_kind: float = 0.0  # share of "wrong" images drawn from the real image's own kind
     # text
     text_model: str = "all-MiniLM-L6-v2"
     text_dim: int = 384

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
                    discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
                    requires_grad, resolve_device, run_cli, save_checkpoint, save_grid, set_seed,
-                   use_bf16)
+                   to_uint8, use_bf16)
 
 DEFAULT_PROMPTS = [
     "The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.",
@@ -541,8 +542,6 @@ def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
         netG.to(memory_format=torch.channels_last)
     images = sample_images(netG, emb, n, cfg.seed, bf16=bf16)
     grid = save_grid(images, out / "grid.png", nrow=n, row_labels=prompts)
-    from utils import to_uint8
-    from PIL import Image
     pix = to_uint8(images)
     for i, p in enumerate(prompts):
         for k in range(n):
