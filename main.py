@@ -30,7 +30,7 @@ from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
                    discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
                    requires_grad, resolve_device, run_cli, save_checkpoint, save_grid, set_seed,
-                   to_uint8, use_bf16)
+                   standing_stats, to_uint8, use_bf16)
 
 DEFAULT_PROMPTS = [
     "The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.",
@@ -365,6 +365,12 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
             save_checkpoint(ckpt, out / "checkpoints" / f"{tag}.pt")
         return save_checkpoint(ckpt, last)
 
+    def refresh_ema():
+        """BatchNorm statistics that fit the EMA weights, before they are saved or drawn."""
+        if netG_ema is not None:
+            standing_stats(netG_ema, data.emb.to(device), n_batches=16,
+                           batch_size=cfg.batch_size, seed=cfg.seed, bf16=bf16)
+
     steps_per_epoch = len(data) // (cfg.batch_size * world)
     t0 = time.time()
     stopped = False
@@ -415,6 +421,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                         stopped = True
                         dist.sync_buffers(rawG, rawD, netG_ema)
                         if main_proc:
+                            refresh_ema()
                             checkpoint(epoch, i + 1, "interrupted")
                             with autocast(device, bf16):
                                 write_snapshot(rawG if netG_ema is None else netG_ema, data, rows,
@@ -431,6 +438,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                 if snap:
                     dist.sync_buffers(rawG, rawD, netG_ema)
                 if main_proc and snap:
+                    refresh_ema()
                     with autocast(device, bf16):
                         write_snapshot(rawG if netG_ema is None else netG_ema, data, rows,
                                        fixed_noise, out / "samples" / f"epoch_{epoch + 1:04d}.png",

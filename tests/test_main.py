@@ -39,8 +39,9 @@ def test_stage1_stage2_then_generation(dfmm, tmp_path, capsys):
     s2 = out / "stage2"
     state2 = load_checkpoint(s2 / "last.pt")
     assert state2["config"]["stage"] == 2 and state2["stage1_config"]["stage"] == 1
-    # Stage II carries the frozen Stage-I weights unchanged
-    for k, v in state["netG"].items():
+    # Stage II carries the frozen Stage-I weights unchanged (the EMA generator's, when kept)
+    assert state["netG_ema"] is not None
+    for k, v in state["netG_ema"].items():
         assert torch.equal(state2["netG"]["stage1." + k], v), k
     assert Image.open(s2 / "samples" / "epoch_0002.png").height >= 64
 
@@ -156,6 +157,10 @@ def test_training_with_every_small_data_switch(dfmm, tmp_path, capsys):
     assert rc == 0, err
     state = load_checkpoint(tmp_path / "o" / "stage1" / "last.pt")
     assert state["netG_ema"] is not None and state["config"]["loss"] == "hinge"
+    # the EMA generator is saved with BatchNorm statistics of its own weights, not the
+    # live generator's copied ones
+    var = [k for k in state["netG"] if k.endswith("running_var")]
+    assert var and any(not torch.equal(state["netG"][k], state["netG_ema"][k]) for k in var)
     log = pd.read_csv(tmp_path / "o" / "stage1" / "losses.csv")
     assert "r1" in log.columns and (log["r1"] >= 0).all()
 

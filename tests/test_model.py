@@ -203,3 +203,70 @@ def test_spectral_norm_discriminator():
     d.apply(weights_init)
     cond, _ = d(torch.randn(2, 3, 16, 16), torch.randn(2, cfg.condition_dim))
     assert cond.shape == (2,) and torch.isfinite(cond).all()
+
+
+def _bn_inputs(netG, emb, z):
+    """Per BatchNorm layer of netG (training mode), the mean and variance over the batch
+    (and positions) of what goes into it, from one forward pass."""
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, x, y, name=name: seen.__setitem__(name, x[0].detach()))
+             for name, m in netG.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
+             or isinstance(m, torch.nn.BatchNorm1d)]
+    with torch.no_grad():
+        netG(emb, z)
+    for h in hooks:
+        h.remove()
+    dims = {2: [0], 4: [0, 2, 3]}
+    return {k: (v.mean(dims[v.dim()]), v.var(dims[v.dim()])) for k, v in seen.items()}
+
+
+def test_standing_stats_fit_the_weights_and_keep_the_rng():
+    from utils import accumulate, standing_stats
+    cfg = tiny(stage1_size=16)
+    torch.manual_seed(0)
+    live, _ = build_models(cfg)
+    ema, _ = build_models(cfg)
+    accumulate(ema, live, 0.0)  # ema <- live, then the weights drift away from live's
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.mul_(1.5)
+    ema.eval()
+    emb = torch.randn(50, cfg.text_dim)
+    rng = torch.get_rng_state()
+    standing_stats(ema, emb, n_batches=40, batch_size=32, seed=3)
+    first_stats = {k: v.clone() for k, v in ema.state_dict().items()}
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's random stream is untouched
+    assert not ema.training
+    assert all(m.momentum == 0.1 for m in ema.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    # the statistics match what the layers see in training mode on a fresh large batch
+    ema.train()
+    ref = _bn_inputs(ema, emb[torch.randint(50, (2000,))], torch.randn(2000, cfg.z_dim))
+    ema.eval()
+    names = dict(ema.named_modules())
+    for name, (mean, var) in ref.items():
+        bn = names[name]
+        assert torch.allclose(bn.running_mean, mean, atol=0.05 * (1 + mean.abs().max())), name
+        assert torch.allclose(bn.running_var, var, rtol=0.15, atol=1e-3), name
+    # the live generator's copied statistics did not fit the drifted weights
+    first = next(n for n in ref if n.startswith("fc"))
+    live_bn = dict(live.named_modules())[first]
+    assert not torch.allclose(live_bn.running_var, ref[first][1], rtol=0.15)
+
+    # the same seed gives the same statistics, whatever the buffers held before
+    standing_stats(ema, emb, n_batches=40, batch_size=32, seed=3)
+    assert all(torch.equal(v, ema.state_dict()[k]) for k, v in first_stats.items())
+
+
+def test_standing_stats_leave_the_frozen_stage1_alone():
+    from utils import standing_stats
+    cfg = tiny(stage1_size=16, stage2_size=32)
+    g1, _ = build_models(cfg)
+    cfg.stage = 2
+    g2, _ = build_models(cfg, g1)
+    before = {k: v.clone() for k, v in g2.stage1.state_dict().items()}
+    rest = {k: v.clone() for k, v in g2.state_dict().items() if not k.startswith("stage1.")}
+    standing_stats(g2.eval(), torch.randn(20, cfg.text_dim), n_batches=3, batch_size=8)
+    assert all(torch.equal(v, g2.stage1.state_dict()[k]) for k, v in before.items())
+    changed = [k for k, v in rest.items() if "running_mean" in k and not torch.equal(v, g2.state_dict()[k])]
+    assert changed  # Stage II's own statistics were recomputed
