@@ -34,7 +34,8 @@ PARSING_LABELS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 
 
 # Settings used when no --data_dir is given: the built-in synthetic garments are
 # simple, so narrower networks learn them within minutes on a laptop CPU.
-BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, batch_size=32, snapshot_interval=5)
+BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=25, lr_decay_epoch=15, batch_size=32,
+                      snapshot_interval=5)
 
 
 @dataclass

@@ -91,8 +91,8 @@ def requires_grad(model: torch.nn.Module, flag: bool = True):
 def accumulate(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
     """ema <- decay * ema + (1 - decay) * model for parameters; buffers (BatchNorm
     statistics) are copied."""
-    for pe, p in zip(ema.parameters(), model.parameters()):
-        pe.lerp_(p.detach(), 1 - decay)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()],
+                         1 - decay)
     for be, b in zip(ema.buffers(), model.buffers()):
         be.copy_(b)
 
