@@ -4,8 +4,9 @@ Defaults follow StackGAN (Zhang et al., 2017): Stage-I 64x64, Stage-II 256x256,
 z 100, condition 128, Adam(2e-4, betas 0.5/0.999), LR halved every 20 epochs,
 KL coefficient 2.0. One addition is on by default because the evaluation supports it
 on both the built-in data and real photos: an EMA generator (ema_decay 0.999) draws
-the samples; `--ema_decay 0` restores the original. Every field can be set from the command line in main.py
-(`--name value`), so there is no YAML and no second source of truth.
+the samples; `--ema_decay 0` restores the original. Every field can be set from the
+command line in main.py (`--name value`), so there is no YAML and no second source of
+truth.
 """
 from __future__ import annotations
 
