@@ -368,7 +368,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     def refresh_ema():
         """BatchNorm statistics that fit the EMA weights, before they are saved or drawn."""
         if netG_ema is not None:
-            standing_stats(netG_ema, data.emb.to(device), n_batches=16,
+            standing_stats(netG_ema, data.emb, n_batches=16,
                            batch_size=cfg.batch_size, seed=cfg.seed, bf16=bf16)
 
     steps_per_epoch = len(data) // (cfg.batch_size * world)

@@ -102,33 +102,31 @@ def standing_stats(netG: torch.nn.Module, emb: torch.Tensor, n_batches: int = 16
                    batch_size: int = 64, seed: int = 0, bf16: bool = False):
     """Recompute the BatchNorm running statistics of a generator as plain averages over
     `n_batches` training-mode forward passes on random rows of `emb` (caption
-    embeddings) with fresh noise. The EMA generator needs this: its averaged weights
-    never ran forward in training, so statistics copied from the live generator do not
-    fit them. The caller's random state is left untouched; the result depends on
-    `seed` only."""
-    norms = [m for m in netG.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not norms or len(emb) == 0:
-        return netG
+    embeddings, on any device: each batch goes to the generator's) with fresh noise.
+    The EMA generator needs this: its averaged weights never ran forward in training, so
+    statistics copied from the live generator do not fit them. The caller's random
+    state is left untouched; the result depends on `seed` only."""
     was_training = netG.training
     netG.train()  # Stage2_G keeps its frozen Stage I in eval mode: its statistics stay
-    active = [m for m in norms if m.training]
-    momenta = [m.momentum for m in active]
-    for m in active:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the passes below
-    dev = emb.device
-    gen = torch.Generator().manual_seed(seed)
-    bs = max(2, min(batch_size, len(emb)))
-    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for _ in range(n_batches):
-            idx = torch.randint(len(emb), (bs,), generator=gen)
-            z = torch.randn(bs, netG.z_dim, generator=gen).to(dev)
-            with autocast(dev, bf16):
-                netG(emb[idx.to(dev)], z)
-    for m, mom in zip(active, momenta):
-        m.momentum = mom
+    active = [m for m in netG.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              and m.track_running_stats and m.training]
+    if active and len(emb):
+        momenta = [m.momentum for m in active]
+        for m in active:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the passes below
+        dev = next(netG.parameters()).device
+        gen = torch.Generator().manual_seed(seed)
+        bs = max(2, min(batch_size, len(emb)))
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for _ in range(n_batches):
+                idx = torch.randint(len(emb), (bs,), generator=gen)
+                z = torch.randn(bs, netG.z_dim, generator=gen).to(dev)
+                with autocast(dev, bf16):
+                    netG(emb[idx.to(emb.device)].to(dev), z)
+        for m, mom in zip(active, momenta):
+            m.momentum = mom
     netG.train(was_training)
     return netG
 

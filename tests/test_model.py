@@ -210,8 +210,8 @@ def _bn_inputs(netG, emb, z):
     (and positions) of what goes into it, from one forward pass."""
     seen = {}
     hooks = [m.register_forward_hook(lambda m, x, y, name=name: seen.__setitem__(name, x[0].detach()))
-             for name, m in netG.named_modules() if isinstance(m, torch.nn.BatchNorm2d)
-             or isinstance(m, torch.nn.BatchNorm1d)]
+             for name, m in netG.named_modules()
+             if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
     with torch.no_grad():
         netG(emb, z)
     for h in hooks:
