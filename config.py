@@ -33,6 +33,38 @@ CATEGORY_MAP = {
 # DFMM human-parsing ids (segm/<name>_segm.png) of each kind's region.
 PARSING_LABELS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 11}
 
+# The colour vocabulary: common fashion colour names, each with reference sRGB shades
+# (mid, dark, light). A garment's measured pixels are named by the nearest shade in
+# CIELAB (datasets.name_colour); the first shade is the one the built-in data paints.
+COLOURS = {
+    "black": [(30, 30, 32), (12, 12, 14), (58, 58, 62)],
+    "white": [(248, 248, 246), (222, 222, 218), (236, 236, 240)],
+    "grey": [(132, 134, 140), (92, 94, 100), (176, 178, 182)],
+    "red": [(200, 32, 42), (140, 18, 28), (228, 72, 72)],
+    "pink": [(240, 150, 188), (210, 100, 150), (248, 196, 214)],
+    "orange": [(240, 126, 30), (190, 90, 20), (250, 168, 90)],
+    "yellow": [(242, 206, 40), (196, 160, 20), (250, 232, 130)],
+    "green": [(34, 140, 64), (18, 88, 38), (120, 190, 120)],
+    "blue": [(40, 100, 205), (28, 70, 150), (110, 160, 230)],
+    "navy": [(26, 36, 88), (16, 22, 56), (44, 56, 110)],
+    "purple": [(118, 56, 160), (80, 34, 110), (176, 136, 208)],
+    "brown": [(118, 74, 40), (80, 50, 28), (160, 112, 70)],
+    "beige": [(222, 201, 160), (196, 174, 130), (236, 222, 192)],
+}
+# other words a caption may use for a colour of the vocabulary
+COLOUR_ALIASES = {"gray": "grey", "khaki": "beige", "cream": "beige", "tan": "beige",
+                  "burgundy": "red", "maroon": "red", "violet": "purple", "lilac": "purple",
+                  "gold": "yellow", "silver": "grey", "denim-blue": "blue"}
+# The pattern vocabulary: DFMM's pattern classes (labels/texture/pattern_ann.txt codes 0-6,
+# "other" read as dotted) in the words its captions use.
+PATTERNS = ("floral", "graphic", "striped", "pure color", "lattice", "dotted", "color block")
+PATTERN_ALIASES = {"solid color": "pure color", "solid": "pure color", "plain": "pure color",
+                   "stripe": "striped", "stripes": "striped", "checked": "lattice",
+                   "plaid": "lattice", "check": "lattice", "polka-dot": "dotted",
+                   "polka dot": "dotted", "dots": "dotted", "colour block": "color block"}
+# DFMM fabric classes (labels/texture/fabric_ann.txt codes 0-6)
+FABRICS = ("denim", "cotton", "leather", "furry", "knitted", "chiffon", "other")
+
 # Settings used when no --data_dir is given: the built-in synthetic garments are
 # simple, so narrower networks learn them within minutes on a laptop CPU.
 BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=25, lr_decay_epoch=15, batch_size=32,
@@ -52,8 +84,9 @@ class Config:
     min_region_frac: float = 0.002  # a segm region smaller than this share of the image is ignored
     crop_margin: float = 0.08  # margin around a segm region crop, as a share of its size
     max_samples: int = 0  # 0: all
-    wrong_max_cos: float = 0.95  # a "wrong" caption must have cosine similarity below this
-    wrong_same_kind: float = 0.0  # share of "wrong" images drawn from the real image's own kind
+    # "wrong" pairs differ from the real image in kind, colour or pattern; this share of them
+    # is drawn from the real image's own kind (a dress of another colour or pattern)
+    wrong_same_kind: float = 0.5
     # text
     text_model: str = "all-MiniLM-L6-v2"
     text_dim: int = 384
@@ -66,6 +99,9 @@ class Config:
     gf_dim: int = 128  # Stage-I G starts at gf_dim*8 channels; Stage-II G works at gf_dim*4
     df_dim: int = 64
     r_num: int = 2  # residual blocks in Stage-II G
+    # text conditioning (the StackGAN originals: g_fusion "input", d_cond "mu")
+    g_fusion: str = "affine"  # input: text joins the noise at 4x4 | affine: and sets every up block's BN
+    d_cond: str = "text"  # text: D projects the sentence embedding itself | mu: D gets G's CA mean
     # training
     batch_size: int = 64
     epochs: int = 120
@@ -75,6 +111,9 @@ class Config:
     beta2: float = 0.999
     lr_decay_epoch: int = 20  # LR halves every this many epochs
     kl_coef: float = 2.0
+    # >0: D also names each real image's kind, colour and pattern (auxiliary heads) and G is
+    # trained to make its images named as their caption's; 0: off, as StackGAN
+    aux_coef: float = 1.0
     # >0: an exponential moving average of G's weights draws the samples and is saved as
     # netG_ema, with BatchNorm statistics recomputed for its own weights (0: off, as StackGAN)
     ema_decay: float = 0.999
@@ -124,7 +163,7 @@ class Config:
     def validate(self) -> "Config":
         """Raise ValueError naming a setting whose value is not one of its choices."""
         choices = {"loss": ("bce", "hinge"), "d_norm": ("bn", "sn"), "amp": ("auto", "on", "off"),
-                   "stage": (1, 2)}
+                   "stage": (1, 2), "g_fusion": ("input", "affine"), "d_cond": ("text", "mu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of "
@@ -136,6 +175,8 @@ class Config:
                      "n_samples", "z_dim", "condition_dim", "gf_dim", "df_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if not self.aux_coef >= 0:
+            raise ValueError(f"--aux_coef must be at least 0, got {self.aux_coef}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
         return self
@@ -152,4 +193,4 @@ class Config:
 # fields whose values change the shape of the networks: a checkpoint only loads
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
-               "r_num", "text_dim", "d_norm")
+               "r_num", "text_dim", "d_norm", "g_fusion", "d_cond", "aux_coef")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -46,22 +47,19 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from config import KINDS, Config
-from utils import UserError, _atomic_write
+from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATTERN_ALIASES, PATTERNS,
+                    Config)
+from utils import UserError, _atomic_write, run_cli
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size  # a truncated JPEG is an error, and is skipped
 NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_\d+")
 FOOTWEAR_WORDS = re.compile(r"\b(shoes?|sneakers?|boots?|footwear|heels|sandals?|loafers?|slippers?)\b", re.I)
 KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt", "tee": "t-shirt",
                 "t-shirts": "t-shirt", "dress": "dress", "dresses": "dress", "pants": "pants",
                 "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
                 "footwear": "shoes"}
-COLOR_NAMES = {"black": (20, 20, 20), "white": (235, 235, 235), "grey": (128, 128, 128),
-               "red": (190, 30, 40), "pink": (235, 150, 180), "orange": (235, 130, 40),
-               "yellow": (235, 210, 60), "green": (50, 140, 60), "blue": (40, 90, 200),
-               "navy": (25, 35, 80), "purple": (120, 60, 150), "brown": (110, 70, 40),
-               "beige": (210, 190, 150)}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------------------- reading
@@ -114,14 +112,194 @@ def segm_path(data_dir, image_name: str) -> Path:
     return Path(data_dir) / "segm" / (Path(image_name).stem + "_segm.png")
 
 
-def nearest_color(rgb) -> str:
-    rgb = np.asarray(rgb, dtype=float)
-    return min(COLOR_NAMES, key=lambda k: float(((np.asarray(COLOR_NAMES[k]) - rgb) ** 2).sum()))
+# --------------------------------------------------------------------- garment captions
+#
+# A DFMM caption describes the whole outfit; a training sample is one garment's crop.
+# Each sample's captions are derived from the photo's caption and the garment's own
+# pixels: the caption's sentences about that garment, a sentence naming its colour
+# (measured from its parsing region, or the garment pixels of the crop, unless those
+# sentences already name one), its pattern and fabric from labels/texture when the
+# sentences lack them, plus short forms such as "a red floral dress". Training draws
+# one of them per step, so that a short typed prompt is as much in distribution as a
+# long DFMM sentence.
+
+# garment nouns -> the part of the outfit a sentence is about
+_GROUP_WORDS = {
+    "dress": r"dress(?:es)?|gown|jumpsuit|romper",
+    "upper": r"t-shirts?|tee|tees|shirts?|tops?|tanks?|sweaters?|blouses?|jumpers?|hoodies?|"
+             r"sweatshirts?|vests?|camisoles?|polos?",
+    "lower": r"pants|trousers|jeans|leggings|shorts|skirts?|joggers|tights",
+    "outer": r"jackets?|coats?|cardigans?|blazers?|outer clothing",
+    "footwear": FOOTWEAR_WORDS.pattern[3:-3],
+    "accessory": r"hats?|caps?|glasses|sunglasses|rings?|bracelets?|watch|belts?|scarf|"
+                 r"necklaces?|neckwear|bags?|socks|wrist|finger|accessor(?:y|ies)",
+}
+_GROUP_RE = {g: re.compile(r"\b(?:" + w + r")\b", re.I) for g, w in _GROUP_WORDS.items()}
+# which parts of the outfit describe each kind's crop, in order of preference
+KIND_GROUPS = {"t-shirt": ("upper",), "dress": ("dress", "upper"), "pants": ("lower",),
+               "leggings": ("lower",), "shoes": ("footwear",)}
+KIND_NOUN = {"t-shirt": "T-shirt", "dress": "dress", "pants": "pants", "leggings": "leggings",
+             "shoes": "shoes"}
+_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
+_COLOUR_RE = re.compile(r"\b(" + "|".join(sorted(list(COLOURS) + list(COLOUR_ALIASES), key=len,
+                                                 reverse=True)) + r")\b", re.I)
+_PATTERN_RE = re.compile(r"\b(" + "|".join(sorted(list(PATTERNS) + list(PATTERN_ALIASES), key=len,
+                                                  reverse=True)) + r")\b", re.I)
+_FABRIC_RE = re.compile(r"\b(" + "|".join(f for f in FABRICS if f != "other") + r")\b", re.I)
+# pattern_ann.txt / fabric_ann.txt columns (upper, lower, outer): which one each kind reads
+_TEXTURE_COLUMN = {"t-shirt": 0, "dress": 0, "pants": 1, "leggings": 1}
 
 
-def shoe_caption(color: str, caption: str) -> str:
-    extra = [s.strip() for s in re.split(r"(?<=[.!?])\s+", caption) if FOOTWEAR_WORDS.search(s)]
-    return " ".join([f"A pair of {color} shoes."] + extra)
+def find_colour(text: str):
+    """The first colour word of `text` as a vocabulary name ('gray' -> 'grey'), or None."""
+    m = _COLOUR_RE.search(text)
+    if not m:
+        return None
+    w = m.group(1).lower()
+    return COLOUR_ALIASES.get(w, w)
+
+
+def find_pattern(text: str):
+    """The first pattern word of `text` as a PATTERNS name ('checked' -> 'lattice'), or None."""
+    m = _PATTERN_RE.search(text)
+    if not m:
+        return None
+    w = m.group(1).lower()
+    return PATTERN_ALIASES.get(w, w)
+
+
+def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) sRGB 0-255 -> CIELAB (D65)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = c @ np.array([[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192],
+                        [0.1805, 0.0722, 0.9505]])
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], -1)
+
+
+_SHADE_NAMES = [name for name, shades in COLOURS.items() for _ in shades]
+_SHADE_LAB = _srgb_to_lab(np.array([s for shades in COLOURS.values() for s in shades]))
+
+
+@functools.lru_cache(maxsize=1)
+def _shade_lut() -> np.ndarray:
+    """Nearest shade (index into _SHADE_NAMES) of every sRGB colour quantised to 5 bits."""
+    levels = np.arange(32) * 8 + 4
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = _srgb_to_lab(grid)
+    return ((lab[:, None, :] - _SHADE_LAB[None]) ** 2).sum(-1).argmin(1).astype(np.int16)
+
+
+def name_colour(pixels) -> str:
+    """The colour name of a garment's pixels ((N, 3) uint8 sRGB): every pixel votes for
+    its nearest vocabulary shade in CIELAB and the name with most votes wins, so a
+    striped or printed garment is named by its main colour and shading does not turn a
+    red dress brown."""
+    px = np.asarray(pixels, dtype=np.uint8).reshape(-1, 3)
+    if len(px) == 0:
+        raise ValueError("name_colour needs at least one pixel")
+    q = px.astype(np.int32) >> 3
+    nearest = _shade_lut()[(q[:, 0] << 10) | (q[:, 1] << 5) | q[:, 2]]
+    votes = np.bincount(nearest, minlength=len(_SHADE_NAMES))
+    per_name = Counter()
+    for i, v in enumerate(votes):
+        per_name[_SHADE_NAMES[i]] += int(v)
+    return max(COLOURS, key=lambda n: (per_name[n], -list(COLOURS).index(n)))
+
+
+def garment_pixels(crop: np.ndarray) -> np.ndarray:
+    """The garment's pixels in a crop without a parsing map: those that differ from the
+    border colour (the background), else the central half of the crop."""
+    border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
+    bg = _srgb_to_lab(np.median(border, axis=0))
+    dist = np.sqrt(((_srgb_to_lab(crop) - bg) ** 2).sum(-1))
+    mask = dist > 12
+    if mask.mean() < 0.05:
+        h, w = crop.shape[:2]
+        return crop[h // 4: h - h // 4, w // 4: w - w // 4].reshape(-1, 3)
+    return crop[mask]
+
+
+def garment_sentences(caption: str, kind: str) -> list[str]:
+    """The sentences of an outfit caption about the garment of `kind`. A sentence that
+    names no garment ("It has a round neckline.") belongs to the one before it."""
+    picked, group = {}, None
+    for sent in (s.strip() for s in _SENTENCE_RE.split(caption)):
+        if not sent:
+            continue
+        hits = [(m.start(), g) for g, rx in _GROUP_RE.items() for m in [rx.search(sent)] if m]
+        if hits:
+            group = min(hits)[1]
+        picked.setdefault(group, []).append(sent)
+    for g in KIND_GROUPS[kind]:
+        if picked.get(g):
+            return picked[g]
+    return []
+
+
+def read_texture_labels(data_dir) -> dict:
+    """{image: {"pattern": name or None, "fabric": name or None, per column}} from DFMM's
+    labels/texture/{pattern,fabric}_ann.txt (`<image> upper lower outer`, code 7 = NA);
+    malformed lines are ignored, missing files give {}."""
+    out: dict = {}
+    for what, names in (("pattern", PATTERNS), ("fabric", FABRICS)):
+        path = Path(data_dir) / "labels" / "texture" / f"{what}_ann.txt"
+        try:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+                continue
+            out.setdefault(parts[0], {})[what] = [names[int(p)] if int(p) < len(names) else None
+                                                  for p in parts[1:]]
+    return out
+
+
+def derive_captions(kind: str, caption: str, colour: str, texture: dict | None = None) -> dict:
+    """A garment sample's training captions and attributes.
+
+    kind: the sample's kind; caption: the photo's (outfit) caption; colour: the name
+    measured from the garment's pixels (used unless its sentences name one); texture:
+    this photo's read_texture_labels entry. Returns {"captions": [long, short, ...],
+    "colour", "pattern" (or None), "fabric" (or None)}; deterministic."""
+    sents = garment_sentences(caption, kind)
+    text = " ".join(sents)
+    col = _TEXTURE_COLUMN.get(kind)
+    named = find_colour(text)
+    colour = named or colour
+    pattern = find_pattern(text)
+    fabric = (m.group(1).lower() if (m := _FABRIC_RE.search(text)) else None)
+    if texture and col is not None:
+        pattern = pattern or (texture.get("pattern") or [None] * 3)[col]
+        fabric = fabric or (texture.get("fabric") or [None] * 3)[col]
+    noun = KIND_NOUN[kind]
+    if not sents:
+        sents = [f"A pair of {colour} shoes." if kind == "shoes" else f"A {colour} {noun}."]
+    elif not named:
+        verb = "are" if kind in ("pants", "leggings", "shoes") else "is"
+        sents = sents[:1] + [f"The {noun} {verb} {colour}."] + sents[1:]
+    if pattern and not find_pattern(" ".join(sents)):
+        sents.append(f"It has {pattern} patterns.")
+    if fabric and fabric != "other" and not _FABRIC_RE.search(" ".join(sents)):
+        sents.append(f"It is with {fabric} fabric.")
+    adj = {None: "", "pure color": "", "color block": "color-block ",
+           "lattice": "plaid "}.get(pattern, f"{pattern} ")
+    if kind in ("pants", "leggings", "shoes"):
+        article = "a pair of "
+    else:
+        article = "an " if colour[0] in "aeiou" else "a "
+    short = [f"{article}{colour} {adj}{noun}"]
+    if pattern:
+        short.append(f"{colour} {noun} with {pattern} patterns")
+    else:
+        short.append(f"{colour} {noun}")
+    return {"captions": [" ".join(sents)] + short, "colour": colour, "pattern": pattern,
+            "fabric": fabric}
 
 
 @dataclass
@@ -131,6 +309,7 @@ class Job:
     caption: str
     split: str
     shoes: bool  # also cut a shoes sample from the parsing map
+    texture: dict  # read_texture_labels entry ({} when the folder has none)
 
 
 def list_jobs(data_dir, cfg: Config):
@@ -143,6 +322,7 @@ def list_jobs(data_dir, cfg: Config):
     present = set(os.listdir(img_dir))
     labels = read_labels_csv(data_dir)
     has_segm = (data_dir / "segm").is_dir()
+    texture = read_texture_labels(data_dir)
     skipped = Counter()
     if bad_captions:
         skipped["empty or non-text caption"] += bad_captions
@@ -159,7 +339,7 @@ def list_jobs(data_dir, cfg: Config):
             shoes = has_segm and segm_path(data_dir, name).is_file()
         if kind is None and not shoes:
             continue  # a kind we do not keep (Shorts, Skirts, ...): not an error
-        jobs.append(Job(name, kind, captions[name], split, shoes))
+        jobs.append(Job(name, kind, captions[name], split, shoes, texture.get(name, {})))
     if not jobs and captions and not any(n in present for n in captions):
         raise UserError(f"none of the {len(captions)} images named in captions.json is in {img_dir}")
     return jobs, skipped, captions
@@ -233,24 +413,42 @@ def _process(args):
         if segm is None:
             notes.append("segm map unreadable or of another size (photo kept uncropped)")
     sx, sy = img.width / orig[0], img.height / orig[1]
+    # colours are measured on one fixed decoding of the photo, whatever the cache size,
+    # so every cache resolution derives the same captions
+    probe = _open_rgb(path, COLOUR_PROBE_SIZE) if size != COLOUR_PROBE_SIZE else img
+    probe_px = np.asarray(probe)
 
-    def scaled(box):
-        return None if box is None else (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    def scaled(box, im):
+        if box is None:
+            return None
+        fx, fy = im.width / orig[0], im.height / orig[1]
+        return box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy
+
+    def measured_colour(label, box, margin_):
+        """Name the colour of the parsing region `label`, else of the crop's garment pixels."""
+        if segm is not None and box is not None:
+            mask = np.asarray(Image.fromarray((segm == label).astype(np.uint8) * 255)
+                              .resize(probe.size, Image.NEAREST)) > 0
+            if mask.sum() >= 4:
+                return name_colour(probe_px[mask])
+        b = scaled(box, probe)
+        sq = _square_box(b, margin_) if b is not None else _square_box((0, 0, probe.width, probe.height), 0)
+        return name_colour(garment_pixels(_crop_square(probe, sq, 48)))
 
     out = []
     if job.kind is not None:
-        box = scaled(_region_box(segm, labels[job.kind], min_frac))
+        region = _region_box(segm, labels[job.kind], min_frac)
+        box = scaled(region, img)
         box = _square_box(box, margin) if box is not None else _square_box((0, 0, img.width, img.height), 0)
-        out.append((job.kind, job.caption, _crop_square(img, box, size)))
+        colour = measured_colour(labels[job.kind], region, margin)
+        out.append((job.kind, derive_captions(job.kind, job.caption, colour, job.texture),
+                    _crop_square(img, box, size)))
     if job.shoes:
-        box = scaled(_region_box(segm, labels["shoes"], min_frac))
-        if box is not None:
-            arr = np.asarray(img)
-            mask = np.asarray(Image.fromarray((segm == labels["shoes"]).astype(np.uint8) * 255)
-                              .resize(img.size, Image.NEAREST)) > 0
-            color = nearest_color(np.median(arr[mask], axis=0)) if mask.any() else "black"
-            out.append(("shoes", shoe_caption(color, job.caption),
-                        _crop_square(img, _square_box(box, margin * 2), size)))
+        region = _region_box(segm, labels["shoes"], min_frac)
+        if region is not None:
+            colour = measured_colour(labels["shoes"], region, margin * 2)
+            out.append(("shoes", derive_captions("shoes", job.caption, colour),
+                        _crop_square(img, _square_box(scaled(region, img), margin * 2), size)))
     return out, notes
 
 
@@ -261,15 +459,18 @@ def _cache_key(data_dir, jobs, cfg: Config, size: int) -> str:
     img_dir = Path(data_dir) / "images"
     for j in jobs:
         st = (img_dir / j.image).stat()
-        h.update(f"{j.image}|{j.kind}|{j.caption}|{j.split}|{j.shoes}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{j.image}|{j.kind}|{j.caption}|{j.split}|{j.shoes}|{st.st_size}|{st.st_mtime_ns}|"
+                 f"{json.dumps(j.texture, sort_keys=True)}\n".encode())
     return h.hexdigest()
 
 
 def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None = None) -> dict:
     """Build (once) the uint8 image cache of `size` for cfg's data; return its index.
 
-    Index: {"key", "size", "n", "kinds": [...], "captions": [...], "images": [...],
-    "splits": [...], "skipped": {reason: count}, "images_path": str}."""
+    Index: {"key", "size", "n", "images_path": str, "skipped": {reason: count},
+    "notes": {note: count}, and per sample "kinds", "captions" (its derived captions,
+    the long one first), "sources" (the photo's caption), "colours", "patterns" (None
+    when unknown), "images", "splits"}."""
     data_dir = cfg.resolved_data_dir()
     jobs, skipped, _ = list_jobs(data_dir, cfg)
     cache_dir = cfg.resolved_cache_dir()
@@ -292,7 +493,8 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
     tasks = [(str(data_dir), j, size, cfg.parsing_labels, cfg.min_region_frac, cfg.crop_margin)
              for j in jobs]
     tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
-    meta = {"kinds": [], "captions": [], "images": [], "splits": []}
+    meta = {k: [] for k in ("kinds", "captions", "sources", "colours", "patterns", "images",
+                            "splits")}
     notes = Counter()
     n_alloc = max(1, len(jobs) + sum(j.shoes for j in jobs))
     arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_alloc, size, size, 3))
@@ -308,10 +510,10 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
         for job, (samples, reasons) in zip(jobs, bar):
             for reason in reasons:
                 (notes if reason.startswith("segm") else skipped)[reason] += 1
-            for kind, caption, pixels in samples:
+            for kind, derived, pixels in samples:
                 arr[n] = pixels
-                for k, v in zip(("kinds", "captions", "images", "splits"),
-                                (kind, caption, job.image, job.split)):
+                for k, v in zip(meta, (kind, derived["captions"], job.caption, derived["colour"],
+                                       derived["pattern"], job.image, job.split)):
                     meta[k].append(v)
                 n += 1
         if pool is not None:
@@ -363,12 +565,16 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None,
 
 
 class FashionData:
-    """Cached images + text embeddings, batched on tensors.
+    """Cached images + caption embeddings, batched on tensors.
 
     `images`: uint8 (N, H, W, 3) (a read-only memory map of the cache);
-    `emb`: float32 (N, D) caption embedding of each sample."""
+    `captions[i]`: sample i's derived captions (the long one first);
+    `emb`: float32 (N, D) embedding of each sample's long caption;
+    `text_emb`: float32 (T, D) embeddings of every caption of the kept samples, sample
+    i's at rows text_start[i] .. text_start[i] + text_count[i] - 1;
+    `kinds`, `colours`, `patterns`: each sample's attributes."""
 
-    def __init__(self, index: dict, emb: np.ndarray, split: str | None = "train",
+    def __init__(self, index: dict, text_emb: np.ndarray, split: str | None = "train",
                  max_samples: int = 0):
         images = np.load(index["images_path"], mmap_mode="r")
         keep = np.arange(index["n"])
@@ -386,8 +592,23 @@ class FashionData:
         self.images = images
         self.kinds = [index["kinds"][i] for i in keep]
         self.captions = [index["captions"][i] for i in keep]
-        self.emb = torch.from_numpy(np.ascontiguousarray(emb[keep], dtype=np.float32))
-        self._unit = F.normalize(self.emb, dim=1)
+        self.colours = [index["colours"][i] for i in keep]
+        self.patterns = [index["patterns"][i] for i in keep]
+        counts_all = np.array([len(c) for c in index["captions"]], dtype=np.int64)
+        starts_all = np.concatenate([[0], np.cumsum(counts_all)[:-1]]).astype(np.int64)
+        text_rows = np.concatenate([np.arange(starts_all[i], starts_all[i] + counts_all[i])
+                                    for i in keep])
+        self.text_emb = torch.from_numpy(np.ascontiguousarray(text_emb[text_rows], dtype=np.float32))
+        self.text_count = torch.from_numpy(counts_all[keep])
+        self.text_start = torch.cumsum(self.text_count, 0) - self.text_count
+        self.emb = self.text_emb[self.text_start]
+        colour_names, pattern_names = list(COLOURS), list(PATTERNS)
+        self.labels = torch.tensor(  # kind, colour, pattern ids (-100: unknown)
+            [[KINDS.index(k), colour_names.index(c), pattern_names.index(p) if p in PATTERNS else -100]
+             for k, c, p in zip(self.kinds, self.colours, self.patterns)], dtype=torch.long)
+        attrs = list(zip(self.kinds, self.colours, self.patterns))
+        attr_names = {a: n for n, a in enumerate(sorted(set(attrs), key=str))}
+        self._attr_id = torch.tensor([attr_names[a] for a in attrs])
         names = sorted(set(self.kinds))
         kind_id = np.array([names.index(k) for k in self.kinds])
         counts = np.bincount(kind_id, minlength=len(names))
@@ -413,9 +634,9 @@ class FashionData:
             x = x.pin_memory().to(device, non_blocking=True)
         return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
 
-    def wrong_indices(self, idx, max_cos: float, generator=None, same_kind: float = 0.5,
+    def wrong_indices(self, idx, generator=None, same_kind: float = 0.5,
                       tries: int = 20) -> np.ndarray:
-        """For each i in idx, a j whose caption embedding has cosine < max_cos with i's.
+        """For each i in idx, a j that differs from i in kind, colour or pattern.
 
         A share `same_kind` of the j are drawn from i's own garment kind, so the
         discriminator also learns to reject a dress of the wrong colour or pattern, not
@@ -429,12 +650,19 @@ class FashionData:
                 r = torch.rand(idx.shape, generator=generator)
                 pick = self._kind_order[self._kind_start[kid] + (r * self._kind_count[kid]).long()]
                 j = torch.where(hard, pick, j)
-            bad = (self._unit[idx] * self._unit[j]).sum(1) >= max_cos
+            bad = self._attr_id[idx] == self._attr_id[j]
             if not bad.any():
                 break
             hard &= bad
             j[bad] = torch.randint(len(self), (int(bad.sum()),), generator=generator)
         return j.numpy()
+
+    def caption_emb(self, idx, generator=None) -> torch.Tensor:
+        """(B, D): for each sample in idx, the embedding of one of its captions, drawn
+        uniformly (as StackGAN draws one of a CUB image's ten captions)."""
+        idx = torch.as_tensor(np.asarray(idx))
+        pick = (torch.rand(idx.shape, generator=generator) * self.text_count[idx]).long()
+        return self.text_emb[self.text_start[idx] + pick]
 
     def batches(self, batch_size: int, generator=None, rank: int = 0, world: int = 1):
         """One epoch of shuffled index batches (drop_last), split across `world` ranks."""
@@ -444,13 +672,15 @@ class FashionData:
             yield perm[s + rank * batch_size: s + (rank + 1) * batch_size]
 
     def batch(self, idx, cfg: Config, generator=None, augment_images: bool = True, device=None):
-        """(real images, wrong images, text embeddings) for sample indices `idx`."""
-        wrong = self.wrong_indices(idx, cfg.wrong_max_cos, generator, cfg.wrong_same_kind)
+        """(real images, wrong images, text embeddings, attribute labels (B, 3)) for
+        sample indices `idx`: each sample's text is one of its captions, drawn at random."""
+        wrong = self.wrong_indices(idx, generator, cfg.wrong_same_kind)
         real, mismatched = self.pixels(idx, device), self.pixels(wrong, device)
         if augment_images:
             real, mismatched = augment(real, generator), augment(mismatched, generator)
-        emb = self.emb[torch.as_tensor(np.asarray(idx))]
-        return real, mismatched, emb.to(real.device)
+        emb = self.caption_emb(idx, generator)
+        labels = self.labels[torch.as_tensor(np.asarray(idx))]
+        return real, mismatched, emb.to(real.device), labels.to(real.device)
 
 
 def load_data(cfg: Config, size: int, split: str | None = "train", progress: bool = True):
@@ -458,33 +688,57 @@ def load_data(cfg: Config, size: int, split: str | None = "train", progress: boo
     from get_embeddings import lookup
     index = prepare(cfg, size, progress=progress)
     captions, _ = read_captions(cfg.resolved_data_dir())
-    texts = index["captions"]
+    texts = [t for caps in index["captions"] for t in caps]
     emb = lookup(texts, captions, cfg.resolved_embeddings_path(), cfg.text_model,
                  data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
         np.zeros((0, cfg.text_dim), np.float32)
     return FashionData(index, emb, split=split, max_samples=cfg.max_samples)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Count the garment kinds of a DFMM-layout folder.")
+def show_samples(index: dict, n: int) -> str:
+    """A readable listing of `n` samples spread evenly over the index: kind, measured
+    attributes, the photo's caption and the captions derived from it."""
+    total = index["n"]
+    picks = np.unique(np.linspace(0, total - 1, min(n, total)).round().astype(int)) if total else []
+    lines = []
+    for i in picks:
+        lines.append(f"[{i}] {index['images'][i]}: {index['kinds'][i]}, colour "
+                     f"{index['colours'][i]}, pattern {index['patterns'][i] or '-'}")
+        lines.append(f"    source:  {index['sources'][i]}")
+        for c in index["captions"][i]:
+            lines.append(f"    derived: {c}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Count the garment kinds of a DFMM-layout folder "
+                                            "and build its image cache.")
     p.add_argument("--data_dir", required=True)
     p.add_argument("--size", type=int, default=64, help="cache resolution to build (default 64)")
     p.add_argument("--cache_dir", default=None)
+    p.add_argument("--show", type=int, default=0, metavar="N",
+                   help="also print N samples with their source caption and derived captions")
     args = p.parse_args(argv)
-    cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir)
-    try:
+
+    def job():
+        if args.size < 4 or args.show < 0:
+            raise UserError("--size must be at least 4 and --show at least 0")
+        cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir)
         index = prepare(cfg, args.size)
-    except UserError as e:
-        sys.exit(f"error: {e}")
-    counts = Counter(index["kinds"])
-    for kind in KINDS:
-        print(f"{kind}: {counts.get(kind, 0)}")
-    skipped = index["skipped"]
-    print(f"skipped: {sum(skipped.values())}" +
-          (" (" + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())) + ")" if skipped else ""))
-    for k, v in sorted(index.get("notes", {}).items()):
-        print(f"note: {v} {k}")
+        counts = Counter(index["kinds"])
+        for kind in KINDS:
+            print(f"{kind}: {counts.get(kind, 0)}")
+        skipped = index["skipped"]
+        print(f"skipped: {sum(skipped.values())}" +
+              (" (" + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())) + ")"
+               if skipped else ""))
+        for k, v in sorted(index.get("notes", {}).items()):
+            print(f"note: {v} {k}")
+        if args.show:
+            print(show_samples(index, args.show))
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

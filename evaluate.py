@@ -6,10 +6,13 @@
 Textbook FID needs Inception weights, which this repo cannot download. Instead the
 repo trains its own judge, the *garment feature net*: a small CNN fitted once per
 dataset on the real TRAINING images at 64 px to predict each image's garment kind
-(config.KINDS) and colour (the first colour word of its caption, `parse_colour`). It
-never sees generated images and knows nothing about the generator, so it scores every
-generator the same way. Its accuracy on the held-out real images is printed and
-written with the results, so its verdicts can be weighed.
+(config.KINDS), colour (the sample's `data.colours[i]`, a name of config.COLOURS) and
+pattern (`data.patterns[i]`, a name of config.PATTERNS; samples without one are
+ignored by that head). These are the dataset's own attributes, the ones its captions
+are derived from, so caption text is never parsed here. The net never sees generated
+images and knows nothing about the generator, so it scores every generator the same
+way. Its accuracy on the held-out real images is printed and written with the
+results, so its verdicts can be weighed.
 
 Held-out set: the rows of labels.csv whose split is "validation" (the training loop
 never sees them). A dataset without such rows (the real DFMM has no split) gets a
@@ -19,28 +22,41 @@ generator was then trained on those images too, which the run prints.
 Metrics, each for the generated images and, as the reference, for real images:
 
 * kind accuracy: for every kind with held-out images, `n_per_kind` of its held-out
-  captions (shuffled by --seed, cycled when there are fewer) are drawn once each; the
-  share of images the feature net classifies as the asked kind, per kind and overall.
+  samples (shuffled by --seed, cycled when there are fewer) are drawn once each and
+  one image is generated from each one's long caption (`data.emb`); the share of
+  images the feature net classifies as the asked kind, per kind and overall.
   Real row: the held-out photos themselves (each once).
-* colour accuracy: likewise for the caption's colour, over captions that name one.
+* colour accuracy, pattern accuracy: likewise for the sample's colour and pattern
+  (samples without a pattern are left out of pattern accuracy), per kind and overall.
+* short prompts (set "generated_short"): the same samples, each drawn once more from
+  its SHORT caption (`data.captions[i][1]`, e.g. "a red floral dress") with the same
+  noise as its long-caption image, scored for kind, colour and pattern against the
+  sample's attributes. (The short caption leaves "pure color" unsaid: a plain garment
+  is its default.) A sample with a single caption has no short prompt and is left out.
 * FD-garment: the Frechet distance between Gaussians fitted to feature-net features
-  (the pooled 8*width-d layer before the heads) of the generated images and of the
-  held-out real images of the same captions (`frechet_distance`). It is NOT FID: the
-  features come from this small net, so values are comparable only between runs on
-  the same dataset (same cached feature net). The floor is the same distance for as
-  many real TRAINING images per kind, i.e. what a generator that reproduced the
-  training photos would score; it is a slightly high floor since the feature net was
-  fitted on those images.
-* R-precision@K analogue: see `r_precision`.
+  (the pooled 8*width-d layer before the heads; `frechet_distance`). The held-out
+  images of each kind with at least two of them are split once, with a fixed rng
+  independent of --seed (`fd_halves`), into two disjoint halves A and B of equal size
+  per kind (an odd image out is dropped). The floor is FD(real A, real B): what a
+  generator whose images were as good as unseen real photos would score at this
+  sample size. The generated value is FD(one image generated from the long caption of
+  each sample of A, real B): the same size and the same reference set as the floor,
+  and no image the feature net was fitted on. It is NOT FID: the features come from
+  this small net, so values are comparable only between runs on the same dataset (the
+  same cached feature net), and at the same sample sizes (FD is biased upward for
+  small sets).
+* R-precision@K analogue: see `r_precision` (kind, colour and pattern).
 
 Outputs under OUT_DIR/eval/: results.csv, a tidy table with the columns
-`metric,set,kind,value,n` (metric: kind_accuracy | colour_accuracy | fd_garment |
-r_precision; set: real_heldout | generated | real_train (the FD floor); kind: a kind
-or "all"; n: images behind the value), and generated.png (up to 20 of the evaluated
-images per kind, one row per kind). The metrics also go to WandB (job type "eval")
-unless --wandb disabled. The feature net is cached as
-CACHE_DIR/featnet_<key>.pt, key = hash of its training captions, kinds, images and
-settings, so it is trained once per dataset.
+`metric,set,kind,value,n` (metric: kind_accuracy | colour_accuracy |
+pattern_accuracy | fd_garment | r_precision; set: real_heldout | generated |
+generated_short | real_heldout_half (the FD floor); kind: a kind or "all"; n: images
+behind the value; a per-kind accuracy with n = 0, e.g. the pattern of a kind whose
+samples name none, is written as nan), and generated.png (up to 20 of the evaluated
+long-caption images per kind, one row per kind). The metrics also go to WandB (job
+type "eval") unless --wandb disabled. The feature net is cached as
+CACHE_DIR/featnet_<key>.pt, key = hash of its training samples' kinds, colours and
+patterns, the vocabularies and its settings, so it is trained once per dataset.
 """
 from __future__ import annotations
 
@@ -50,7 +66,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -61,42 +76,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import KINDS, Config
+from config import COLOURS, KINDS, PATTERNS, Config
 from utils import (UserError, _atomic_write, check_writable_dir, init_wandb, resolve_device,
                    run_cli, save_grid)
 
-FEATNET_VERSION = "garment-featnet-v1"
+FEATNET_VERSION = "garment-featnet-v2"
 FEAT_SIZE = 64  # the feature net works on 64 px images
 FEAT_EPOCHS = 12
 FEAT_WIDTH = 16  # channels of the first block; the feature is 8 * width wide
 FEAT_SEED = 0  # the feature net belongs to the dataset, not to an evaluation's --seed
 HOLDOUT_FRACTION = 0.1
+FD_SPLIT_SEED = 12345  # the FD halves are fixed per dataset, not per --seed
 GRID_COLUMNS = 20
 
-# Colour vocabulary of the colour head; "gray" is read as "grey".
-COLOURS = ("black", "white", "grey", "red", "pink", "orange", "yellow", "green", "blue", "navy",
-           "purple", "brown", "beige")
-COLOUR_ALIASES = {"gray": "grey"}
-_COLOUR_RE = re.compile(r"\b(" + "|".join(COLOURS + tuple(COLOUR_ALIASES)) + r")\b", re.I)
-IGNORE = -100  # colour target of a caption without a colour word
+# The classes of the colour and pattern heads: the vocabulary of config.py.
+COLOUR_NAMES = tuple(COLOURS)
+PATTERN_NAMES = tuple(PATTERNS)
+IGNORE = -100  # target of a sample without the attribute (cross-entropy's ignore_index)
 
 
-def parse_colour(caption: str):
-    """The first colour word of the caption (from COLOURS, 'gray' -> 'grey'), or None.
-
-    Only the first one counts: DFMM and the built-in data name the garment's colour
-    first ("The pants are navy ..."), and a caption like "blue and white striped"
-    is taken as blue. Words merely containing a colour ("reddish") do not count."""
-    m = _COLOUR_RE.search(caption)
-    if not m:
-        return None
-    word = m.group(1).lower()
-    return COLOUR_ALIASES.get(word, word)
+def attribute_index(name, vocabulary) -> int:
+    """The class index of `name` in `vocabulary`, or IGNORE for None / an unknown name."""
+    return vocabulary.index(name) if name in vocabulary else IGNORE
 
 
-def colour_index(caption: str) -> int:
-    c = parse_colour(caption)
-    return COLOURS.index(c) if c is not None else IGNORE
+def attribute_targets(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(kind, colour, pattern) class indices of every sample of `data`, from its
+    `kinds`, `colours` and `patterns` (IGNORE where a sample has no colour / pattern)."""
+    kinds = np.array([KINDS.index(k) for k in data.kinds], dtype=np.int64)
+    colours = np.array([attribute_index(c, COLOUR_NAMES) for c in data.colours], dtype=np.int64)
+    patterns = np.array([attribute_index(p, PATTERN_NAMES) for p in data.patterns], dtype=np.int64)
+    return kinds, colours, patterns
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -134,57 +144,69 @@ def frechet_distance(feats_a, feats_b) -> float:
 
 
 def r_precision(kind_logp, colour_logp, own_kind, own_colour, pool_kind, pool_colour,
-                k: int = 10, seed: int = 0) -> tuple[float, float]:
+                k: int = 10, seed: int = 0, pattern_logp=None, own_pattern=None,
+                pool_pattern=None) -> tuple[float, float]:
     """Text-image agreement: an R-precision@K analogue scored by the feature net.
 
-    For image i with caption attributes (own_kind[i], own_colour[i]) (colour -1: the
-    caption names none), K-1 distractor captions are drawn without replacement from
-    the pool (the held-out captions' attributes) among those that differ from the
-    own caption in kind or colour; a distractor must name a colour when the own caption
-    does, and must differ in kind when it does not, so all candidates of one image
-    are scored on the same terms. Each candidate caption is scored by
-    log p(its kind | image) + log p(its colour | image) (the colour term only when
-    the own caption has a colour). An image is a hit when its own caption scores
-    strictly highest; ties count as misses, so a classifier that cannot tell the
-    candidates apart scores 0, not 1/K. When fewer than K-1 distractors qualify, all
-    of them are used; an image with none is left out.
+    Image i asks for the caption attributes own_kind[i], own_colour[i] and, when the
+    pattern arguments are given, own_pattern[i] (a negative colour or pattern: the
+    caption has none). The attributes an image is judged on are its kind, its colour
+    if it has one and its pattern if it has one. K-1 distractor captions are drawn
+    without replacement from the pool (the held-out samples' attributes) among those
+    that have every one of these attributes and differ from the own caption in at
+    least one of them, so all candidates of one image are scored on the same terms.
+    Each candidate is scored by log p(its kind | image) + log p(its colour | image)
+    + log p(its pattern | image), each term only for an attribute the image is
+    judged on. An image is a hit when its own caption scores strictly highest; ties
+    count as misses, so a classifier that cannot tell the candidates apart scores 0,
+    not 1/K. When fewer than K-1 distractors qualify, all of them are used; an image
+    with none is left out. Without the pattern arguments it is the kind + colour score.
 
-    Why this scorer: the captions of this data vary in exactly these two attributes
-    (kind and colour), and the scorer is a classifier trained on real photos for
+    Why this scorer: the captions of this data vary in exactly these attributes
+    (kind, colour, pattern), and the scorer is a classifier trained on real photos for
     precisely them, independent of the generator and of the text encoder the
-    generator conditions on. So a hit means the image shows the garment and colour its
-    caption asks for more clearly than those of other captions.
+    generator conditions on. So a hit means the image shows the garment, colour and
+    pattern its caption asks for more clearly than those of other captions.
 
-    kind_logp (N, n_kinds), colour_logp (N, n_colours): log-probabilities per image.
-    Returns (hit rate, mean number of candidates per image incl. the own caption);
-    the hit rate is NaN when no image had a distractor."""
-    kind_logp = torch.as_tensor(kind_logp, dtype=torch.float64)
-    colour_logp = torch.as_tensor(colour_logp, dtype=torch.float64)
-    own_kind, own_colour = np.asarray(own_kind), np.asarray(own_colour)
-    pool_kind, pool_colour = np.asarray(pool_kind), np.asarray(pool_colour)
+    kind_logp (N, n_kinds), colour_logp (N, n_colours), pattern_logp (N, n_patterns):
+    log-probabilities per image. Returns (hit rate, mean number of candidates per
+    image incl. the own caption); the hit rate is NaN when no image had a distractor."""
+    use_pattern = pattern_logp is not None
+    if use_pattern and (own_pattern is None or pool_pattern is None):
+        raise ValueError("pattern_logp needs own_pattern and pool_pattern")
+    logps = [torch.as_tensor(np.asarray(kind_logp), dtype=torch.float64),
+             torch.as_tensor(np.asarray(colour_logp), dtype=torch.float64)]
+    own = [np.asarray(own_kind), np.asarray(own_colour)]
+    pool = [np.asarray(pool_kind), np.asarray(pool_colour)]
+    if use_pattern:
+        logps.append(torch.as_tensor(np.asarray(pattern_logp), dtype=torch.float64))
+        own.append(np.asarray(own_pattern))
+        pool.append(np.asarray(pool_pattern))
     rng = np.random.default_rng(seed)
     eligible_cache: dict = {}
     hits, counted, cands = 0, 0, 0
-    for i in range(len(own_kind)):
-        key = (int(own_kind[i]), int(own_colour[i]))
+    for i in range(len(own[0])):
+        key = tuple(int(a[i]) for a in own)
+        # the attributes image i is judged on: its kind, and colour / pattern if it has them
+        judged = [0] + [a for a in range(1, len(key)) if key[a] >= 0]
         if key not in eligible_cache:
-            if key[1] >= 0:
-                ok = (pool_colour >= 0) & ((pool_kind != key[0]) | (pool_colour != key[1]))
-            else:
-                ok = pool_kind != key[0]
-            eligible_cache[key] = np.flatnonzero(ok)
+            has_all = np.ones(len(pool[0]), bool)
+            differs = np.zeros(len(pool[0]), bool)
+            for a in judged:
+                has_all &= pool[a] >= 0
+                differs |= pool[a] != key[a]
+            eligible_cache[key] = np.flatnonzero(has_all & differs)
         elig = eligible_cache[key]
         if len(elig) == 0:
             continue
         pick = rng.choice(elig, size=min(k - 1, len(elig)), replace=False)
-        kinds = np.concatenate([[key[0]], pool_kind[pick]])
-        score = kind_logp[i, torch.as_tensor(kinds)]
-        if key[1] >= 0:
-            cols = np.concatenate([[key[1]], pool_colour[pick]])
-            score = score + colour_logp[i, torch.as_tensor(cols)]
+        score = torch.zeros(len(pick) + 1, dtype=torch.float64)
+        for a in judged:
+            cls = np.concatenate([[key[a]], pool[a][pick]])
+            score = score + logps[a][i, torch.as_tensor(cls)]
         hits += int(score[0] > score[1:].max())
         counted += 1
-        cands += len(kinds)
+        cands += len(pick) + 1
     if counted == 0:
         return float("nan"), 0.0
     return hits / counted, cands / counted
@@ -193,14 +215,14 @@ def r_precision(kind_logp, colour_logp, own_kind, own_colour, pool_kind, pool_co
 # -------------------------------------------------------------------------- feature net
 
 class GarmentFeatureNet(nn.Module):
-    """64 px image in [-1, 1] -> (feature, kind logits, colour logits).
+    """64 px image in [-1, 1] -> (feature, kind logits, colour logits, pattern logits).
 
     Four conv/BN/ReLU blocks with 2x max-pooling (64 -> 4 px, width..8*width
     channels), one more conv block at 4x4, global average pooling to the 8*width-d
-    feature, and two linear heads."""
+    feature, and three linear heads."""
 
     def __init__(self, width: int = FEAT_WIDTH, n_kinds: int = len(KINDS),
-                 n_colours: int = len(COLOURS)):
+                 n_colours: int = len(COLOUR_NAMES), n_patterns: int = len(PATTERN_NAMES)):
         super().__init__()
         chans = [3, width, width * 2, width * 4, width * 8]
         layers = []
@@ -212,11 +234,12 @@ class GarmentFeatureNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.kind_head = nn.Linear(chans[-1], n_kinds)
         self.colour_head = nn.Linear(chans[-1], n_colours)
+        self.pattern_head = nn.Linear(chans[-1], n_patterns)
         self.feat_dim = chans[-1]
 
     def forward(self, x):
         f = self.body(x)
-        return f, self.kind_head(f), self.colour_head(f)
+        return f, self.kind_head(f), self.colour_head(f), self.pattern_head(f)
 
 
 def to_feat_size(images: torch.Tensor) -> torch.Tensor:
@@ -229,7 +252,8 @@ def to_feat_size(images: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def featurize(net: GarmentFeatureNet, images, device, batch: int = 256, desc: str | None = None,
               progress: bool = True):
-    """(features (N, D), kind log-probs (N, K), colour log-probs (N, C)) on the CPU.
+    """(features (N, D), kind log-probs (N, K), colour log-probs (N, C), pattern
+    log-probs (N, P)) on the CPU.
 
     `images`: a (N, 3, S, S) tensor in [-1, 1], or a callable idx -> such a batch
     together with N as (callable, N)."""
@@ -238,20 +262,23 @@ def featurize(net: GarmentFeatureNet, images, device, batch: int = 256, desc: st
         get, n = images
     else:
         get, n = (lambda idx: images[idx]), len(images)
-    feats, kl, cl = [], [], []
+    outs = ([], [], [], [])
     starts = range(0, n, batch)
     for s in tqdm(starts, desc=desc, unit="batch", disable=not progress or len(starts) < 2):
         x = to_feat_size(get(np.arange(s, min(s + batch, n))).float()).to(device)
-        f, k, c = net(x)
-        feats.append(f.float().cpu())
-        kl.append(F.log_softmax(k.float(), 1).cpu())
-        cl.append(F.log_softmax(c.float(), 1).cpu())
-    if not feats:
-        return torch.zeros(0, net.feat_dim), torch.zeros(0, len(KINDS)), torch.zeros(0, len(COLOURS))
-    return torch.cat(feats), torch.cat(kl), torch.cat(cl)
+        f, *logits = net(x)
+        outs[0].append(f.float().cpu())
+        for o, lg in zip(outs[1:], logits):
+            o.append(F.log_softmax(lg.float(), 1).cpu())
+    if not outs[0]:
+        return (torch.zeros(0, net.feat_dim), torch.zeros(0, net.kind_head.out_features),
+                torch.zeros(0, net.colour_head.out_features),
+                torch.zeros(0, net.pattern_head.out_features))
+    return tuple(torch.cat(o) for o in outs)
 
 
 def _accuracy(logp: torch.Tensor, target) -> tuple[float, int]:
+    """(share of rows whose argmax is the target, number of rows with a target >= 0)."""
     target = torch.as_tensor(np.asarray(target), dtype=torch.long)
     ok = target >= 0
     n = int(ok.sum())
@@ -261,23 +288,28 @@ def _accuracy(logp: torch.Tensor, target) -> tuple[float, int]:
 
 
 def featnet_key(data, train_idx, index_key: str, width: int, epochs: int) -> str:
+    """Hash of what the feature net learns from: the training samples and their kind,
+    colour and pattern targets, the vocabularies and the settings."""
     h = hashlib.sha256()
     h.update(json.dumps([FEATNET_VERSION, index_key, width, epochs, FEAT_SEED, FEAT_SIZE,
-                         len(train_idx), list(COLOURS), list(KINDS)]).encode())
+                         len(train_idx), list(KINDS), list(COLOUR_NAMES),
+                         list(PATTERN_NAMES)]).encode())
     for i in train_idx:
-        h.update(f"{data.kinds[i]}|{data.captions[i]}\n".encode())
+        h.update(f"{int(i)}|{data.kinds[i]}|{data.colours[i]}|{data.patterns[i]}\n".encode())
     return h.hexdigest()[:16]
 
 
 def train_feature_net(data, train_idx, device, epochs: int = FEAT_EPOCHS, width: int = FEAT_WIDTH,
                       batch_size: int = 64, lr: float = 2e-3, progress: bool = True):
     """Fit a GarmentFeatureNet on the real images `train_idx` of `data` (a FashionData
-    at 64 px): kind and caption-colour cross-entropy, Adam with a linearly decaying
-    LR, random flips and small shifts. Deterministic for a given input (FEAT_SEED)."""
+    at 64 px): kind, colour and pattern cross-entropy (targets from data.kinds,
+    data.colours, data.patterns; a missing colour or pattern is ignored), Adam with a
+    linearly decaying LR, random flips and small shifts. Deterministic for a given
+    input (FEAT_SEED)."""
     from datasets import augment
     train_idx = np.asarray(train_idx)
-    kind_t = torch.tensor([KINDS.index(data.kinds[i]) for i in train_idx])
-    colour_t = torch.tensor([colour_index(data.captions[i]) for i in train_idx])
+    kind_t, colour_t, pattern_t = (torch.from_numpy(t[train_idx])
+                                   for t in attribute_targets(data))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(FEAT_SEED)
         gen = torch.Generator().manual_seed(FEAT_SEED)
@@ -293,11 +325,11 @@ def train_feature_net(data, train_idx, device, epochs: int = FEAT_EPOCHS, width:
                        disable=not progress)
             for b in bar:
                 x = augment(data.pixels(train_idx[b.numpy()]), gen, max_shift=0.04, max_zoom=0.05)
-                _, kl, cl = net(to_feat_size(x).to(device))
+                _, kl, cl, pl = net(to_feat_size(x).to(device))
                 loss = F.cross_entropy(kl, kind_t[b].to(device))
-                ct = colour_t[b].to(device)
-                if (ct >= 0).any():
-                    loss = loss + F.cross_entropy(cl, ct, ignore_index=IGNORE)
+                for logits, t in ((cl, colour_t[b]), (pl, pattern_t[b])):
+                    if (t >= 0).any():
+                        loss = loss + F.cross_entropy(logits, t.to(device), ignore_index=IGNORE)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -311,14 +343,16 @@ def load_or_train_feature_net(cfg: Config, data, train_idx, heldout_idx, index_k
                               progress: bool = True):
     """The cached feature net for these training images, trained and cached when
     missing. Returns (net, info) with info = {path, trained, seconds, kind_acc,
-    colour_acc, n_heldout, n_train}."""
+    colour_acc, pattern_acc, n_heldout, n_heldout_colour, n_heldout_pattern, n_train}."""
     key = featnet_key(data, train_idx, index_key, width, epochs)
     path = cfg.resolved_cache_dir() / f"featnet_{key}.pt"
     if path.is_file():
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if obj.get("version") == FEATNET_VERSION and obj.get("key") == key \
-                    and list(obj.get("colours", ())) == list(COLOURS):
+                    and list(obj.get("kinds", ())) == list(KINDS) \
+                    and list(obj.get("colours", ())) == list(COLOUR_NAMES) \
+                    and list(obj.get("patterns", ())) == list(PATTERN_NAMES):
                 net = GarmentFeatureNet(int(obj["width"]))
                 net.load_state_dict(obj["state_dict"])
                 return net.to(device).eval(), {**obj["info"], "path": str(path), "trained": False,
@@ -330,14 +364,18 @@ def load_or_train_feature_net(cfg: Config, data, train_idx, heldout_idx, index_k
     t0 = time.time()
     net = train_feature_net(data, train_idx, device, epochs=epochs, width=width, progress=progress)
     seconds = time.time() - t0
-    _, kl, cl = featurize(net, (lambda idx: data.pixels(heldout_idx[idx]), len(heldout_idx)),
-                          device, progress=False)
-    kind_acc, n_k = _accuracy(kl, [KINDS.index(data.kinds[i]) for i in heldout_idx])
-    colour_acc, n_c = _accuracy(cl, [colour_index(data.captions[i]) for i in heldout_idx])
-    info = {"kind_acc": kind_acc, "colour_acc": colour_acc, "n_heldout": len(heldout_idx),
-            "n_heldout_colour": n_c, "n_train": len(train_idx), "train_seconds": seconds}
+    heldout_idx = np.asarray(heldout_idx)
+    _, kl, cl, pl = featurize(net, (lambda idx: data.pixels(heldout_idx[idx]), len(heldout_idx)),
+                              device, progress=False)
+    kinds, colours, patterns = attribute_targets(data)
+    kind_acc, _ = _accuracy(kl, kinds[heldout_idx])
+    colour_acc, n_c = _accuracy(cl, colours[heldout_idx])
+    pattern_acc, n_p = _accuracy(pl, patterns[heldout_idx])
+    info = {"kind_acc": kind_acc, "colour_acc": colour_acc, "pattern_acc": pattern_acc,
+            "n_heldout": len(heldout_idx), "n_heldout_colour": n_c, "n_heldout_pattern": n_p,
+            "n_train": len(train_idx), "train_seconds": seconds}
     obj = {"version": FEATNET_VERSION, "key": key, "width": width, "epochs": epochs,
-           "colours": list(COLOURS), "kinds": list(KINDS),
+           "colours": list(COLOUR_NAMES), "patterns": list(PATTERN_NAMES), "kinds": list(KINDS),
            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "info": info}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -370,6 +408,32 @@ def split_heldout(data, splits) -> tuple[np.ndarray, np.ndarray, bool]:
     return train, held, True
 
 
+def fd_halves(held_idx, kinds) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves (A, B) of the held-out indices for FD-garment.
+
+    `kinds[i]`: the kind (name or index) of sample i. Per kind, in KINDS order, the
+    kind's held-out indices are shuffled by a fixed rng (FD_SPLIT_SEED, independent of
+    --seed) and the first floor(n/2) go to A, the next floor(n/2) to B (an odd one
+    out is dropped), so A and B have the same size per kind. A kind with fewer than
+    two held-out images is left out. Both come grouped by kind in KINDS order."""
+    held_idx = np.asarray(held_idx, dtype=np.int64)
+    kinds = np.asarray(kinds)
+    if kinds.dtype.kind not in "iu":
+        kinds = np.array([KINDS.index(k) for k in kinds], dtype=np.int64)
+    rng = np.random.default_rng(FD_SPLIT_SEED)
+    a, b = [], []
+    for kd in range(len(KINDS)):
+        idx = held_idx[kinds[held_idx] == kd]
+        if len(idx) < 2:
+            continue
+        perm = rng.permutation(idx)
+        h = len(idx) // 2
+        a.append(perm[:h])
+        b.append(perm[h:2 * h])
+    empty = np.zeros(0, np.int64)
+    return (np.concatenate(a) if a else empty), (np.concatenate(b) if b else empty)
+
+
 def _cycle(idx: np.ndarray, n: int) -> np.ndarray:
     return idx[np.arange(n) % len(idx)]
 
@@ -386,7 +450,16 @@ def _load_eval_data(cfg: Config, progress: bool):
     return data, splits, index["key"]
 
 
+def _noise_seed(seed: int, kind: int, part: int) -> int:
+    """Generator noise seed of one kind's images: part 0 the accuracy set (its long and
+    short prompts share the noise), part 1 the FD set."""
+    return seed * 1000 + 10 * part + kind
+
 # ------------------------------------------------------------------------------ main
+
+ATTRS = ("kind", "colour", "pattern")  # metric <attr>_accuracy, metrics key <attr>_acc_<set>
+SETS = (("real", "real_heldout"), ("generated", "generated"), ("short", "generated_short"))
+
 
 def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
              feat_epochs: int = FEAT_EPOCHS, feat_width: int = FEAT_WIDTH,
@@ -434,82 +507,114 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     how = f"trained in {finfo['seconds']:.0f}s" if finfo["trained"] else "cached"
     print(f"garment feature net ({how}, {finfo['path']}): "
           f"held-out kind accuracy {finfo['kind_acc']:.3f} (n={finfo['n_heldout']}), colour "
-          f"accuracy {finfo['colour_acc']:.3f} (n={finfo['n_heldout_colour']})")
+          f"accuracy {finfo['colour_acc']:.3f} (n={finfo['n_heldout_colour']}), pattern "
+          f"accuracy {_fmt(finfo['pattern_acc'])} (n={finfo['n_heldout_pattern']})")
 
-    kinds_all = np.array([KINDS.index(c) for c in data.kinds])
-    colours_all = np.array([colour_index(c) for c in data.captions])
+    targets = attribute_targets(data)  # kind, colour, pattern class of every sample
+    kinds_all = targets[0]
 
     # real held-out images, each once
-    r_feat, r_kl, r_cl = featurize(net, (lambda idx: data.pixels(held_idx[idx]), len(held_idx)),
-                                   device, desc="features: held-out", progress=progress)
-    r_kind, r_col = kinds_all[held_idx], colours_all[held_idx]
+    r_feat, *r_logp = featurize(net, (lambda idx: data.pixels(held_idx[idx]), len(held_idx)),
+                                device, desc="features: held-out", progress=progress)
+    r_t = [t[held_idx] for t in targets]
 
-    # captions to draw: n_per_kind per held-out kind, shuffled by the seed, cycled
+    # samples to draw from: n_per_kind per held-out kind, shuffled by the seed, cycled
     rng = np.random.default_rng(cfg.seed)
-    present = [kd for kd in range(len(KINDS)) if (r_kind == kd).any()]
-    sel, floor_sel = [], []
-    for kd in present:
-        sel.append(_cycle(rng.permutation(held_idx[r_kind == kd]), n_per_kind))
-        tr = train_idx[kinds_all[train_idx] == kd]
-        if len(tr):
-            floor_sel.append(_cycle(rng.permutation(tr), n_per_kind))
-    sel = np.concatenate(sel)
-    floor_sel = np.concatenate(floor_sel)
-    g_kind, g_col = kinds_all[sel], colours_all[sel]
+    present = [kd for kd in range(len(KINDS)) if (r_t[0] == kd).any()]
+    sel = np.concatenate([_cycle(rng.permutation(held_idx[r_t[0] == kd]), n_per_kind)
+                          for kd in present])
+    sel_t = torch.as_tensor(sel)
+    g_t = [t[sel] for t in targets]
+    # short prompts: each sample's second caption (its long one where it has no other,
+    # so that the noise stays paired with the long-caption image; those are dropped)
+    has_short = (data.text_count[sel_t] > 1)
+    short_emb = data.text_emb[data.text_start[sel_t] + has_short.long()]
+    has_short = has_short.numpy()
+    s_t = [t[has_short] for t in g_t]
+    # FD-garment: two disjoint halves of the held-out images
+    fd_a, fd_b = fd_halves(held_idx, kinds_all)
+    fd_present = [kd for kd in range(len(KINDS)) if (kinds_all[fd_a] == kd).any()]
 
-    print(f"generating {len(sel)} images ({n_per_kind} per kind, {len(present)} kinds) "
+    print(f"generating {len(sel)} images ({n_per_kind} per kind, {len(present)} kinds) from "
+          f"long and as many from short captions, and {len(fd_a)} for FD-garment, "
           f"with {net_g_path}")
     # one kind at a time, kept at 64 px (plus the grid's images at full size) so that
     # memory stays bounded by n_per_kind for 256 px Stage-II images
-    images, shown = [], []
+    images, short_images, fd_images, shown = [], [], [], []
     cols = min(n_per_kind, GRID_COLUMNS)
     for j, kd in enumerate(tqdm(present, desc="generating", unit="kind", disable=not progress)):
-        part = sel[j * n_per_kind:(j + 1) * n_per_kind]
-        img = main_mod.sample_images(netG, data.emb[torch.as_tensor(part)].to(device), 1,
-                                     cfg.seed * 1000 + kd)
+        rows = slice(j * n_per_kind, (j + 1) * n_per_kind)
+        seed = _noise_seed(cfg.seed, kd, 0)
+        img = main_mod.sample_images(netG, data.emb[sel_t[rows]].to(device), 1, seed)
         shown.append(img[:cols])
         images.append(to_feat_size(img))
-    images = torch.cat(images)
-    g_feat, g_kl, g_cl = featurize(net, images, device, desc="features: generated",
-                                   progress=progress)
-    ref_feat = r_feat[torch.as_tensor(np.searchsorted(held_idx, sel))]  # real images of `sel`
-    t_feat, _, _ = featurize(net, (lambda idx: data.pixels(floor_sel[idx]), len(floor_sel)),
-                             device, desc="features: train (floor)", progress=progress)
+        short_images.append(to_feat_size(
+            main_mod.sample_images(netG, short_emb[rows].to(device), 1, seed)))
+    for kd in fd_present:
+        part = torch.as_tensor(fd_a[kinds_all[fd_a] == kd])
+        fd_images.append(to_feat_size(main_mod.sample_images(
+            netG, data.emb[part].to(device), 1, _noise_seed(cfg.seed, kd, 1))))
+    _, *g_logp = featurize(net, torch.cat(images), device, desc="features: generated",
+                           progress=progress)
+    _, *s_logp = featurize(net, torch.cat(short_images)[torch.as_tensor(has_short)], device,
+                           desc="features: short prompts", progress=progress)
 
-    kind_real, n_real = _accuracy(r_kl, r_kind)
-    kind_gen, n_gen = _accuracy(g_kl, g_kind)
-    col_real, n_col_real = _accuracy(r_cl, r_col)
-    col_gen, n_col_gen = _accuracy(g_cl, g_col)
-    fd_gen = frechet_distance(g_feat, ref_feat)
-    fd_floor = frechet_distance(t_feat, ref_feat)
-    rp_real, k_real = r_precision(r_kl, r_cl, r_kind, r_col, r_kind, r_col, k, seed=cfg.seed)
-    rp_gen, k_gen = r_precision(g_kl, g_cl, g_kind, g_col, r_kind, r_col, k, seed=cfg.seed)
+    if len(fd_a):
+        pos = {int(i): p for p, i in enumerate(held_idx)}
+        feat_b = r_feat[torch.as_tensor([pos[int(i)] for i in fd_b])]
+        feat_a = r_feat[torch.as_tensor([pos[int(i)] for i in fd_a])]
+        fd_feat, *_ = featurize(net, torch.cat(fd_images), device, desc="features: FD set",
+                                progress=progress)
+        fd_floor = frechet_distance(feat_a, feat_b)
+        fd_gen = frechet_distance(fd_feat, feat_b)
+    else:
+        print("no kind has two held-out images: FD-garment is left out")
+        fd_floor = fd_gen = float("nan")
+
+    # accuracies: (attribute, set, kind name or "all") -> (value, n)
+    acc = {}
+    for s, logps, ts in (("real", r_logp, r_t), ("generated", g_logp, g_t),
+                         ("short", s_logp, s_t)):
+        for attr, logp, t in zip(ATTRS, logps, ts):
+            acc[(attr, s, "all")] = _accuracy(logp, t)
+            for kd in present:
+                m = ts[0] == kd
+                acc[(attr, s, KINDS[kd])] = _accuracy(logp[torch.as_tensor(m)], t[m])
+    rp_real, k_real = r_precision(r_logp[0], r_logp[1], r_t[0], r_t[1], r_t[0], r_t[1], k,
+                                  seed=cfg.seed, pattern_logp=r_logp[2], own_pattern=r_t[2],
+                                  pool_pattern=r_t[2])
+    rp_gen, k_gen = r_precision(g_logp[0], g_logp[1], g_t[0], g_t[1], r_t[0], r_t[1], k,
+                                seed=cfg.seed, pattern_logp=g_logp[2], own_pattern=g_t[2],
+                                pool_pattern=r_t[2])
     per_kind = {}
     for kd in present:
-        acc_r, nr = _accuracy(r_kl[torch.as_tensor(r_kind == kd)], r_kind[r_kind == kd])
-        acc_g, ng = _accuracy(g_kl[torch.as_tensor(g_kind == kd)], g_kind[g_kind == kd])
-        per_kind[KINDS[kd]] = {"real": acc_r, "generated": acc_g, "n_real": nr, "n_generated": ng}
+        name = KINDS[kd]
+        per_kind[name] = {}
+        for attr in ATTRS:
+            for s, _ in SETS:
+                v, n = acc[(attr, s, name)]
+                per_kind[name][f"{attr}_{s}"] = v
+                per_kind[name][f"n_{attr}_{s}"] = n
 
-    metrics = {
-        "kind_acc_real": kind_real, "kind_acc_generated": kind_gen,
-        "colour_acc_real": col_real, "colour_acc_generated": col_gen,
+    metrics = {f"{attr}_acc_{s}": acc[(attr, s, "all")][0] for attr in ATTRS for s, _ in SETS}
+    metrics.update({
         "fd_garment": fd_gen, "fd_garment_floor": fd_floor,
         "r_precision_real": rp_real, "r_precision_generated": rp_gen,
         "k": k, "candidates_real": k_real, "candidates_generated": k_gen,
-        "n_heldout": len(held_idx), "n_generated": len(sel), "n_floor": len(floor_sel),
+        "n_heldout": len(held_idx), "n_generated": len(sel),
+        "n_generated_short": int(has_short.sum()), "n_fd": len(fd_a),
+        "fd_kinds": [KINDS[kd] for kd in fd_present],
         "heldout_made_here": self_made, "per_kind": per_kind,
         "featnet": finfo, "net_g": str(net_g_path), "stage": gcfg.stage,
-    }
+    })
 
-    rows = [("kind_accuracy", "real_heldout", "all", kind_real, n_real),
-            ("kind_accuracy", "generated", "all", kind_gen, n_gen)]
-    for name, v in per_kind.items():
-        rows += [("kind_accuracy", "real_heldout", name, v["real"], v["n_real"]),
-                 ("kind_accuracy", "generated", name, v["generated"], v["n_generated"])]
-    rows += [("colour_accuracy", "real_heldout", "all", col_real, n_col_real),
-             ("colour_accuracy", "generated", "all", col_gen, n_col_gen),
-             ("fd_garment", "generated", "all", fd_gen, len(sel)),
-             ("fd_garment", "real_train", "all", fd_floor, len(floor_sel)),
+    rows = []
+    for attr in ATTRS:
+        for kind in ["all"] + [KINDS[kd] for kd in present]:
+            for s, set_name in SETS:
+                rows.append((f"{attr}_accuracy", set_name, kind, *acc[(attr, s, kind)]))
+    rows += [("fd_garment", "generated", "all", fd_gen, len(fd_a)),
+             ("fd_garment", "real_heldout_half", "all", fd_floor, len(fd_b)),
              ("r_precision", "real_heldout", "all", rp_real, len(held_idx)),
              ("r_precision", "generated", "all", rp_gen, len(sel))]
     buf = io.StringIO()
@@ -519,7 +624,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     csv_path = out / "results.csv"
     _atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
 
-    # grid: one row per kind, up to GRID_COLUMNS of its evaluated images
+    # grid: one row per kind, up to GRID_COLUMNS of its evaluated (long-caption) images
     grid = save_grid(torch.cat(shown), out / "generated.png", nrow=cols,
                      row_labels=[KINDS[kd] for kd in present])
     metrics["csv"], metrics["grid"] = str(csv_path), str(grid)
@@ -531,10 +636,9 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
         try:
             flat = {f"eval/{k_}": v for k_, v in metrics.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            flat.update({f"eval/kind_acc_{kn}_{s}": v[s] for kn, v in per_kind.items()
-                         for s in ("real", "generated")})
-            flat.update({"eval/featnet_kind_acc": finfo["kind_acc"],
-                         "eval/featnet_colour_acc": finfo["colour_acc"]})
+            flat.update({f"eval/{attr}_acc_{kn}_{s}": v[f"{attr}_{s}"] for kn, v in per_kind.items()
+                         for attr in ATTRS for s, _ in SETS})
+            flat.update({f"eval/featnet_{attr}_acc": finfo[f"{attr}_acc"] for attr in ATTRS})
             try:
                 import wandb
                 flat["eval/generated"] = wandb.Image(str(grid))
@@ -554,20 +658,30 @@ def _fmt(v, digits: int = 3) -> str:
 
 def print_table(m: dict):
     k = m["k"]
-    head = f"{'':15}{'kind acc':>10}{'colour acc':>12}{'FD-garment':>12}{'floor':>9}{f'R-prec@{k}':>11}"
-    print(head)
-    print(f"{'real held-out':15}{_fmt(m['kind_acc_real']):>10}{_fmt(m['colour_acc_real']):>12}"
-          f"{'-':>12}{_fmt(m['fd_garment_floor'], 2):>9}{_fmt(m['r_precision_real']):>11}")
-    print(f"{'generated':15}{_fmt(m['kind_acc_generated']):>10}{_fmt(m['colour_acc_generated']):>12}"
-          f"{_fmt(m['fd_garment'], 2):>12}{_fmt(m['fd_garment_floor'], 2):>9}"
-          f"{_fmt(m['r_precision_generated']):>11}")
-    print(f"\n{'kind':10}{'real':>8}{'generated':>11}{'n real':>8}{'n gen':>7}")
+    print(f"{'':15}{'kind acc':>10}{'colour acc':>12}{'pattern acc':>13}{'FD-garment':>12}"
+          f"{'floor':>9}{f'R-prec@{k}':>11}")
+    for label, s, fd, floor, rp in (
+            ("real held-out", "real", None, m["fd_garment_floor"], m["r_precision_real"]),
+            ("generated", "generated", m["fd_garment"], m["fd_garment_floor"],
+             m["r_precision_generated"]),
+            ("short prompts", "short", None, None, None)):
+        print(f"{label:15}{_fmt(m[f'kind_acc_{s}']):>10}{_fmt(m[f'colour_acc_{s}']):>12}"
+              f"{_fmt(m[f'pattern_acc_{s}']):>13}{_fmt(fd, 2):>12}{_fmt(floor, 2):>9}"
+              f"{_fmt(rp):>11}")
+    print(f"\n{'':10}" + "".join(f"{attr + ' acc':>21}" for attr in ATTRS)
+          + f"{'n real':>8}{'n gen':>7}")
+    print(f"{'kind':10}" + f"{'real':>7}{'gen':>7}{'short':>7}" * len(ATTRS))
     for name, v in m["per_kind"].items():
-        print(f"{name:10}{_fmt(v['real']):>8}{_fmt(v['generated']):>11}{v['n_real']:>8}"
-              f"{v['n_generated']:>7}")
-    print(f"(FD-garment: Frechet distance in the garment feature net's space, generated vs "
-          f"held-out real; floor: real training images vs the same; R-precision: "
-          f"{_fmt(m['candidates_generated'], 1)} candidates per generated image, ties count as misses)")
+        cells = "".join(f"{_fmt(v[f'{attr}_real']):>7}{_fmt(v[f'{attr}_generated']):>7}"
+                        f"{_fmt(v[f'{attr}_short']):>7}" for attr in ATTRS)
+        print(f"{name:10}{cells}{v['n_kind_real']:>8}{v['n_kind_generated']:>7}")
+    print(f"(FD-garment: Frechet distance in the garment feature net's space between images "
+          f"generated from the captions of held-out half A and the real photos of half B "
+          f"({m['n_fd']} each); floor: the real photos of A vs those of B; R-precision: "
+          f"{_fmt(m['candidates_generated'], 1)} candidates per generated image, ties count as "
+          f"misses; short prompts: the same samples' short captions, e.g. \"a red floral "
+          f"dress\")")
+
 
 
 def build_parser() -> argparse.ArgumentParser:

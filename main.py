@@ -164,7 +164,7 @@ def write_snapshot(netG, data, rows, noise, path, stage: int):
                 img, _, _ = netG(emb, noise[:, k])
             cols.append(img)
     grid = torch.stack(cols, 1).flatten(0, 1)
-    labels = [f"{data.kinds[i]}: {data.captions[i]}" for i in rows]
+    labels = [f"{data.kinds[i]}: {data.captions[i][0]}" for i in rows]
     save_grid(grid, path, nrow=len(cols), row_labels=labels)
     netG.train(was_training)
 
@@ -368,7 +368,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     def refresh_ema():
         """BatchNorm statistics that fit the EMA weights, before they are saved or drawn."""
         if netG_ema is not None:
-            standing_stats(netG_ema, data.emb, n_batches=16,
+            standing_stats(netG_ema, data.text_emb, n_batches=16,
                            batch_size=cfg.batch_size, seed=cfg.seed, bf16=bf16)
 
     steps_per_epoch = len(data) // (cfg.batch_size * world)
@@ -385,29 +385,32 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                 for i, idx in enumerate(bar):
                     if i < skip:
                         continue
-                    real, wrong, emb = data.batch(idx, cfg, gen, device=device)
+                    real, wrong, emb, labels = data.batch(idx, cfg, gen, device=device)
                     if fmt is torch.channels_last:
                         real = real.contiguous(memory_format=fmt)
                         wrong = wrong.contiguous(memory_format=fmt)
                     z = torch.randn(len(idx), cfg.z_dim, device=device)
                     with autocast(device, bf16):
                         fake, mu, logvar = netG(emb, z)
+                    d_cond = emb if cfg.d_cond == "text" else mu  # what D reads the text from
 
                     requires_grad(rawD, True)
                     optD.zero_grad(set_to_none=True)
                     with autocast(device, bf16):
-                        d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, mu, cfg.loss,
-                                                             cfg.diffaug, cfg.r1_gamma)
+                        d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, d_cond,
+                                                             cfg.loss, cfg.diffaug, cfg.r1_gamma,
+                                                             labels, cfg.aux_coef)
                     apply_update(optD, d_loss, d_stats, step)
 
                     requires_grad(rawD, False)
                     optG.zero_grad(set_to_none=True)
                     with autocast(device, bf16):
-                        g_loss, g_stats = generator_loss(plainD, fake, mu, mu, logvar, cfg.kl_coef,
-                                                         cfg.loss, cfg.diffaug)
+                        g_loss, g_stats = generator_loss(plainD, fake, d_cond, mu, logvar,
+                                                         cfg.kl_coef, cfg.loss, cfg.diffaug,
+                                                         labels, cfg.aux_coef)
                     apply_update(optG, g_loss, g_stats, step)
                     if netG_ema is not None:
-                        accumulate(netG_ema, rawG, cfg.ema_decay)
+                        accumulate(netG_ema, rawG, ema_decay(cfg.ema_decay, step))
                     step += 1
 
                     if step % cfg.log_interval == 0 or i + 1 == steps_per_epoch:
@@ -466,6 +469,13 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         print(f"done in {time.time() - t0:.0f}s: checkpoint {last}, samples in {out / 'samples'}, "
               f"loss log {out / 'losses.csv'}")
     return {"checkpoint": last, "netG": rawG, "netD": rawD, "netG_ema": netG_ema, "step": step}
+
+
+def ema_decay(decay: float, step: int) -> float:
+    """The EMA decay at `step`, warmed up as (1 + step) / (10 + step) until it reaches
+    `decay`: a plain 0.999 would keep 0.999**2000 = 14% of the random initial weights
+    after a 2,000-step run."""
+    return min(decay, (1 + step) / (10 + step))
 
 
 class Diverged(Exception):

@@ -1,11 +1,14 @@
 """StackGAN networks: conditioning augmentation, Stage-I and Stage-II G and D.
 
-Stage I draws a coarse image of `stage1_size` from (text embedding, noise).
+Stage I draws a coarse image of `stage1_size` from (text embedding, noise); with
+g_fusion "affine" the text condition also sets the BatchNorm scale and shift of every
+upsampling block of both stages, as DF-GAN fuses text into each block.
 Stage II keeps a frozen Stage-I generator, encodes its image down to a quarter
 of its size, joins the text condition, refines it with residual blocks and
 upsamples to `stage2_size`. Both discriminators are matching-aware: they score
-an image together with a text condition; the Stage-II one also gives an
-unconditional realism logit.
+an image together with a text condition (with d_cond "text" their own projection of
+the sentence embedding; with "mu", StackGAN's, the generator's CA mean); the
+Stage-II one also gives an unconditional realism logit.
 
 All widths and sizes come from config.Config, so a 16->64 model with a few
 channels builds in milliseconds for the tests.
@@ -18,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import Config
+from config import COLOURS, KINDS, PATTERNS, Config
 
 
 def _log2(n: int, what: str) -> int:
@@ -58,6 +61,39 @@ def down_block(cin: int, cout: int, bn: bool = True, norm: str = "bn") -> nn.Seq
         layers.append(d_norm_layer(cout, norm))
     layers.append(nn.LeakyReLU(0.2, True))
     return nn.Sequential(*layers)
+
+
+class CondUpBlock(nn.Module):
+    """up_block whose BatchNorm scale and shift come from the text condition (the
+    text-image fusion of DF-GAN's blocks): nearest x2, 3x3 conv, BN without its own
+    affine, then (1 + gamma(c)) * x + beta(c), ReLU."""
+
+    def __init__(self, cin: int, cout: int, c_dim: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(cin, cout))
+        self.bn = nn.BatchNorm2d(cout, affine=False)
+        self.affine = nn.Linear(c_dim, cout * 2)
+
+    def forward(self, x, c):
+        gamma, beta = self.affine(c).chunk(2, dim=1)
+        h = self.bn(self.conv(x))
+        return F.relu(h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None])
+
+
+def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
+    """The upsampling blocks of a generator: plain (StackGAN, fusion "input") or
+    text-conditioned (fusion "affine")."""
+    if fusion not in ("input", "affine"):
+        raise ValueError(f"g_fusion must be input or affine, got {fusion!r}")
+    if fusion == "affine":
+        return nn.ModuleList(CondUpBlock(chans[i], chans[i + 1], c_dim) for i in range(len(chans) - 1))
+    return nn.ModuleList(up_block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
+
+
+def run_ups(ups: nn.ModuleList, h, c):
+    for block in ups:
+        h = block(h, c) if isinstance(block, CondUpBlock) else block(h)
+    return h
 
 
 class ResBlock(nn.Module):
@@ -104,14 +140,14 @@ class Stage1_G(nn.Module):
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 16, bias=False),
                                 nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         chans = [ngf] + [max(ngf >> (i + 1), 8) for i in range(n_up)]
-        self.ups = nn.Sequential(*[up_block(chans[i], chans[i + 1]) for i in range(n_up)])
+        self.ups = make_ups(chans, cfg.condition_dim, cfg.g_fusion)
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
         self.ngf = ngf
 
     def forward(self, text_emb, z):
         c, mu, logvar = self.ca_net(text_emb)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
-        return self.to_img(self.ups(h)), mu, logvar
+        return self.to_img(run_ups(self.ups, h, c)), mu, logvar
 
 
 class Stage2_G(nn.Module):
@@ -137,7 +173,7 @@ class Stage2_G(nn.Module):
         if n_up < 1:
             raise ValueError("stage2_size must be larger than stage1_size")
         chans = [ngf * 4] + [max((ngf * 4) >> (i + 1), 8) for i in range(n_up)]
-        self.ups = nn.Sequential(*[up_block(chans[i], chans[i + 1]) for i in range(n_up)])
+        self.ups = make_ups(chans, cfg.condition_dim, cfg.g_fusion)
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
 
     def train(self, mode: bool = True):
@@ -152,7 +188,7 @@ class Stage2_G(nn.Module):
         h = self.encoder(low)
         c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))
         h = self.residual(self.joint(torch.cat([h, c_map], 1)))
-        img = self.to_img(self.ups(h))
+        img = self.to_img(run_ups(self.ups, h, c))
         if return_stage1:
             return img, mu, logvar, low
         return img, mu, logvar
@@ -189,10 +225,33 @@ class _Discriminator(nn.Module):
             ch //= 2
         self.encode = nn.Sequential(*layers)
         self.logits = D_Logits(ch, cfg.condition_dim, uncond, norm)
+        if cfg.d_cond not in ("text", "mu"):
+            raise ValueError(f"d_cond must be text or mu, got {cfg.d_cond!r}")
+        # "text": D reads the sentence embedding through its own projection; "mu"
+        # (StackGAN): D is handed the generator's conditioning-augmentation mean
+        self.text_proj = (nn.Sequential(nn.Linear(cfg.text_dim, cfg.condition_dim),
+                                        nn.LeakyReLU(0.2, True)) if cfg.d_cond == "text" else None)
+        # aux_coef > 0: auxiliary heads that name the image's kind, colour and pattern
+        # (an AC-GAN/TAC-GAN classifier on D's features), trained on real images
+        self.aux = (nn.Linear(ch, len(KINDS) + len(COLOURS) + len(PATTERNS))
+                    if cfg.aux_coef > 0 else None)
 
-    def forward(self, img, c):
-        """Returns (conditional logits, unconditional logits or None), one per image."""
-        return self.logits(self.encode(img), c)
+    def forward(self, img, cond):
+        """Returns (conditional logits, unconditional logits or None, attribute logits
+        (kind, colour, pattern) or None), one row per image. cond: the sentence
+        embedding (d_cond "text") or G's CA mean (d_cond "mu")."""
+        c = self.text_proj(cond) if self.text_proj is not None else cond
+        feat = self.encode(img)
+        cond_logit, uncond_logit = self.logits(feat, c)
+        if self.aux is None:
+            return cond_logit, uncond_logit, None
+        aux = self.aux(feat.float().mean((2, 3)).to(feat.dtype))
+        return cond_logit, uncond_logit, split_attributes(aux)
+
+
+def split_attributes(logits):
+    """(B, K + C + P) attribute logits -> (kind, colour, pattern) logits."""
+    return logits.split([len(KINDS), len(COLOURS), len(PATTERNS)], dim=1)
 
 
 class Stage1_D(_Discriminator):
@@ -214,7 +273,7 @@ def weights_init(m: nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
         nn.init.normal_(m.weight, 1.0, 0.02)
         nn.init.zeros_(m.bias)
 

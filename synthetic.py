@@ -76,7 +76,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-VERSION = 1
+VERSION = 2
 
 KINDS = ("t-shirt", "dress", "pants", "leggings", "shoes")
 
@@ -106,12 +106,16 @@ PATTERN_IDS = {"floral": 0, "graphic": 1, "striped": 2, "solid": 3, "checked": 4
 FABRIC_IDS = {"denim": 0, "cotton": 1, "leather": 2, "furry": 3, "knitted": 4, "chiffon": 5, "other": 6}
 NA_TEXTURE = 7
 
+# The vocabulary name (config.PATTERNS) of each pattern drawn here, as labels.csv writes it.
+PATTERN_NAMES = {"solid": "pure color", "striped": "striped", "dotted": "dotted",
+                 "checked": "lattice", "floral": "floral", "graphic": "graphic"}
+
 # Words used for a pattern in captions (DFMM says "pure color" and "lattice").
 PATTERN_WORDS = {
     "solid": ("pure color", "pure color", "solid color"),
-    "striped": ("striped", "stripe"),
+    "striped": ("striped", "striped"),
     "dotted": ("dotted", "polka-dot"),
-    "checked": ("checked", "lattice", "plaid"),
+    "checked": ("lattice", "lattice", "plaid"),
     "floral": ("floral", "floral"),
     "graphic": ("graphic", "graphic"),
 }
@@ -225,74 +229,61 @@ def _plan_one(rng, kind):
 
 
 def _caption(rng, s):
+    """A DFMM-style caption: shape, fabric and pattern class of the garment, no colour
+    (DFMM captions name none), and often a sentence about another part of the outfit,
+    as DFMM describes the whole person. The colour reaches the training captions only
+    through datasets.derive_captions, which measures it from the garment's pixels."""
     kind = s["kind"]
     who = "lady" if s["gender"] == "WOMEN" else "gentleman"
-    c1, c2, pat = s["color"], s["color2"], s["pattern"]
-    pword = _pick(rng, PATTERN_WORDS[pat])
+    pword = _pick(rng, PATTERN_WORDS[s["pattern"]])
     fab = s["fabric"]
-    solid = pat == "solid"
-    graphic = pat == "graphic"
-    cols = c1 if (solid or graphic) else f"{c1} and {c2}"
-    print_sent = f" It has a {c2} graphic print on the chest." if graphic else ""
     t = int(rng.integers(3))
-
     if kind == "t-shirt":
         sl = f"{s['sleeve']}-sleeve"
         neck = "round" if s["neck"] == "round" else "V-shape"
-        if t == 0:
-            return (f"The {who} wears a {sl} T-shirt with {pword} patterns. "
-                    f"The T-shirt is {cols}. It is with {fab} fabric.{print_sent}")
-        if t == 1:
-            if solid or graphic:
-                return (f"The {who} wears a {sl} {c1} T-shirt with {pword} patterns. "
-                        f"The T-shirt is with {fab} fabric and has a {neck} neckline.{print_sent}")
-            return (f"The {who} wears a {sl} T-shirt with {cols} {pword} patterns. "
-                    f"The T-shirt is with {fab} fabric.")
-        return (f"This {who} is wearing a {cols} {sl} T-shirt. It has {pword} patterns, "
-                f"a {neck} neckline and {fab} fabric.{print_sent}")
-
-    if kind == "dress":
+        main = [(f"The {who} wears a {sl} T-shirt with {pword} patterns.",
+                 f"The T-shirt is with {fab} fabric. It has a {neck} neckline."),
+                (f"This {who} is wearing a {sl} T-shirt with {pword} patterns.",
+                 f"The T-shirt is with {fab} fabric and its neckline is {neck}."),
+                (f"The {who} wears a {sl} T-shirt.",
+                 f"The T-shirt is with {fab} fabric and {pword} patterns.")][t]
+    elif kind == "dress":
         ln = s["length"]
         sleeve_adj = {"straps": "sleeveless with thin straps", "tank": "sleeveless",
-                      "short": "short-sleeved", "long": "long-sleeved"}[s["sleeve"]]
-        if t == 0:
-            return (f"The {who} wears a {ln} dress in {cols} with {pword} patterns. "
-                    f"The dress is {sleeve_adj} and made of {fab} fabric.")
-        if t == 1:
-            return (f"The {who} wears a {ln} dress. The dress is {cols} with {pword} patterns. "
-                    f"It is {sleeve_adj} and made of {fab} fabric.")
-        return (f"This {who} is wearing a {cols} {ln} dress. "
-                f"The dress is {sleeve_adj} with {pword} patterns and {fab} fabric.")
-
-    if kind == "pants":
-        ln = s["length"]
-        if t == 0:
-            return (f"The {who} wears {ln} pants. The pants are {cols} "
-                    f"with {pword} patterns and {fab} fabric.")
-        if t == 1:
-            return (f"The {who} wears {ln} {fab} pants with {pword} patterns. The pants are {cols}.")
-        return (f"This {who} is wearing a pair of {cols} {ln} pants with {pword} patterns. "
-                f"They are made of {fab} fabric.")
-
-    if kind == "leggings":
-        ln = s["length"]
-        if t == 0:
-            return f"The {who} wears {cols} leggings of {ln} length with {pword} patterns."
-        if t == 1:
-            return (f"The {who} wears {ln}-length leggings. The leggings are {cols} "
-                    f"with {pword} patterns and {fab} fabric.")
-        return (f"This {who} is wearing a pair of {cols} leggings with {pword} patterns. "
-                f"They are of {ln} length and made of {fab} fabric.")
-
-    # shoes
-    style = "sneakers" if s["style"] == "sneakers" else "ankle boots"
-    sole = {"white": "white soles", "black": "black soles", "dark": "dark soles"}[s["sole"]]
-    if t == 0:
-        return f"A pair of {c1} {style} with {pword} patterns. The {style} have {sole}."
-    if t == 1:
-        return (f"The {who} wears a pair of {c1} {style} with {pword} patterns. "
-                f"They are made of {fab} with {sole}.")
-    return f"A pair of {style} in {c1} with {pword} patterns and {sole}, shown side by side."
+                      "short": "short-sleeve", "long": "long-sleeve"}[s["sleeve"]]
+        main = [(f"The {who} wears a {ln} dress with {pword} patterns.",
+                 f"The dress is {sleeve_adj} and with {fab} fabric."),
+                (f"This {who} is wearing a {sleeve_adj} {ln} dress.",
+                 f"The dress is with {fab} fabric and {pword} patterns."),
+                (f"The {who} wears a {ln} dress.",
+                 f"The dress is {sleeve_adj}, with {pword} patterns and {fab} fabric.")][t]
+    elif kind in ("pants", "leggings"):
+        ln = {"long": "long", "cropped": "three-quarter", "ankle": "ankle",
+              "three-quarter": "three-quarter"}[s["length"]]
+        noun = "pants" if kind == "pants" else "leggings"
+        main = [(f"The {noun} this {who} wears is of {ln} length.",
+                 f"The {noun} are with {fab} fabric and {pword} patterns."),
+                (f"This {who} wears {ln} {noun} with {pword} patterns.",
+                 f"The {noun} are with {fab} fabric."),
+                (f"The {who} wears a pair of {ln} {noun}.",
+                 f"The {noun} are with {pword} patterns and {fab} fabric.")][t]
+    else:
+        style = "sneakers" if s["style"] == "sneakers" else "ankle boots"
+        main = [(f"This {who} wears a pair of {style}.", f"The {style} are with {fab} fabric."),
+                (f"A pair of {style} with {pword} patterns.", ""),
+                (f"The {who} wears a pair of {style} with {fab} fabric.", "")][t]
+    parts = [p for p in main if p]
+    if rng.random() < 0.6:  # the rest of the outfit, as DFMM captions describe it
+        other = _pick(rng, PATTERN_WORDS[_pick(rng, PATTERNS)])
+        if kind in ("t-shirt", "shoes"):
+            extra = (f"This {who} wears long trousers. The trousers are with denim fabric "
+                     f"and {other} patterns.")
+        elif kind in ("pants", "leggings"):
+            extra = f"The {who} wears a short-sleeve shirt with {other} patterns."
+        else:
+            extra = "There is a ring on her finger."
+        parts.insert(int(rng.integers(2)) * len(parts), extra)
+    return " ".join(parts)
 
 
 def _shape_row(s):
@@ -1001,7 +992,7 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
             wr = csv.writer(f, lineterminator="\n")
             wr.writerow(["image", "category", "color", "pattern", "split"])
             for s in specs:
-                wr.writerow([s["name"], s["kind"], s["color"], s["pattern"], s["split"]])
+                wr.writerow([s["name"], s["kind"], s["color"], PATTERN_NAMES[s["pattern"]], s["split"]])
         shape_lines, fabric_lines, pattern_lines = [], [], []
         for s in specs:
             fab, pat = _texture_rows(s)

@@ -209,23 +209,35 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
     return x
 
 
+def attribute_loss(aux, labels) -> torch.Tensor:
+    """Cross-entropy of D's (kind, colour, pattern) logits against labels (B, 3); a
+    label of -100 (unknown, e.g. a pattern the caption does not give) is ignored."""
+    total = 0.0
+    for logits, target in zip(aux, labels.unbind(1)):
+        if (target >= 0).any():
+            total = total + F.cross_entropy(logits.float(), target, ignore_index=-100)
+    return torch.as_tensor(total, device=labels.device, dtype=torch.float32)
+
+
 def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug: str = "",
-                       r1_gamma: float = 0.0):
+                       r1_gamma: float = 0.0, labels=None, aux_coef: float = 0.0):
     """StackGAN matching-aware D loss.
 
     real + matching text -> real; wrong image + this text -> fake; generated + text ->
     fake, with wrong and generated weighted by one half. When D has an unconditional
     head (Stage II), real -> real and generated -> fake are added to those terms.
     `loss` picks the BCE of StackGAN or the hinge loss; `diffaug` augments every D input;
-    `r1_gamma` adds the R1 penalty gamma/2 * E|grad_x D(x, text)|^2 on real images.
+    `r1_gamma` adds the R1 penalty gamma/2 * E|grad_x D(x, text)|^2 on real images;
+    `aux_coef` > 0 adds the attribute cross-entropy of the real images (`labels`: kind,
+    colour, pattern per image) when D has auxiliary heads.
     """
     cond = cond.detach()
     real_in = diff_augment(real, diffaug)
     if r1_gamma > 0:
         real_in = real_in.detach().requires_grad_(True)
-    real_c, real_u = netD(real_in, cond)
-    wrong_c, _ = netD(diff_augment(wrong, diffaug), cond)
-    fake_c, fake_u = netD(diff_augment(fake.detach(), diffaug), cond)
+    real_c, real_u, real_a = netD(real_in, cond)
+    wrong_c, _, _ = netD(diff_augment(wrong, diffaug), cond)
+    fake_c, fake_u, _ = netD(diff_augment(fake.detach(), diffaug), cond)
     l_real, l_wrong = _d_term(real_c, True, loss), _d_term(wrong_c, False, loss)
     l_fake = _d_term(fake_c, False, loss)
     if real_u is not None:
@@ -235,6 +247,10 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
     stats = {"d_real": l_real.item(), "d_wrong": l_wrong.item(), "d_fake": l_fake.item(),
              "d_real_prob": torch.sigmoid(real_c.float()).mean().item(),
              "d_fake_prob": torch.sigmoid(fake_c.float()).mean().item()}
+    if aux_coef > 0 and real_a is not None and labels is not None:
+        l_aux = attribute_loss(real_a, labels)
+        total = total + aux_coef * l_aux
+        stats["d_aux"] = l_aux.item()
     if r1_gamma > 0:
         out = real_c.float().sum() + (real_u.float().sum() if real_u is not None else 0)
         grad, = torch.autograd.grad(out, real_in, create_graph=True)
@@ -246,15 +262,23 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
 
 
 def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bce",
-                   diffaug: str = ""):
-    """Fool D (conditional, plus unconditional when present) + kl_coef * KL."""
-    fake_c, fake_u = netD(diff_augment(fake, diffaug), cond.detach())
+                   diffaug: str = "", labels=None, aux_coef: float = 0.0):
+    """Fool D (conditional, plus unconditional when present) + kl_coef * KL, plus
+    aux_coef * the attribute cross-entropy of the generated images against their
+    captions' `labels` when D has auxiliary heads."""
+    fake_c, fake_u, fake_a = netD(diff_augment(fake, diffaug), cond.detach())
     l_adv = _g_term(fake_c, loss)
     if fake_u is not None:
         l_adv = l_adv + _g_term(fake_u, loss)
     l_kl = kl_loss(mu, logvar)
     total = l_adv + kl_coef * l_kl
-    return total, {"g_loss": total.item(), "g_adv": l_adv.item(), "kl": l_kl.item()}
+    stats = {"g_adv": l_adv.item(), "kl": l_kl.item()}
+    if aux_coef > 0 and fake_a is not None and labels is not None:
+        l_aux = attribute_loss(fake_a, labels)
+        total = total + aux_coef * l_aux
+        stats["g_aux"] = l_aux.item()
+    stats["g_loss"] = total.item()
+    return total, stats
 
 
 # --------------------------------------------------------------------------- grids

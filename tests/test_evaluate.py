@@ -9,7 +9,7 @@ import torch
 
 import evaluate
 import main
-from config import KINDS, Config
+from config import COLOURS, KINDS, PATTERNS, Config
 from conftest import ROOT, tiny_args
 
 
@@ -63,25 +63,24 @@ def test_frechet_handles_rank_deficient_sets():
     assert np.isfinite(d) and d >= 0
 
 
-# ----------------------------------------------------------------- colour parsing
+# ------------------------------------------------------------ attribute targets
 
-@pytest.mark.parametrize("caption,colour", [
-    ("The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.", "red"),
-    ("The gentleman wears long pants. The pants are navy with pure color patterns and denim "
-     "fabric.", "navy"),
-    ("The lady wears a long dress in green with floral patterns. She wears a pair of black "
-     "shoes.", "green"),
-    ("The gentleman wears a long-sleeve T-shirt with blue and white striped patterns.", "blue"),
-    ("A gray dress.", "grey"),
-    ("A Beige pair of pants.", "beige"),
-    ("A pair of white shoes. The lady wears a pair of black sneakers.", "white"),
-    ("This lady is wearing a long-sleeve shirt with solid color patterns. It is cotton.", None),
-    ("A reddish, colourful outfit with a blueprint.", None),
-])
-def test_parse_colour(caption, colour):
-    assert evaluate.parse_colour(caption) == colour
-    idx = evaluate.colour_index(caption)
-    assert (evaluate.COLOURS[idx] if idx >= 0 else None) == colour
+class _AttrData:
+    def __init__(self, kinds, colours, patterns):
+        self.kinds, self.colours, self.patterns = kinds, colours, patterns
+
+
+def test_targets_come_from_the_dataset_attributes_in_the_config_vocabulary():
+    assert evaluate.COLOUR_NAMES == tuple(COLOURS) and evaluate.PATTERN_NAMES == tuple(PATTERNS)
+    assert not hasattr(evaluate, "parse_colour")  # captions are not parsed any more
+    data = _AttrData(["dress", "pants", "shoes", "t-shirt"], ["red", "grey", "beige", "mauve"],
+                     ["floral", None, "color block", "paisley"])
+    kinds, colours, patterns = evaluate.attribute_targets(data)
+    assert list(kinds) == [KINDS.index(k) for k in data.kinds]
+    assert list(colours) == [list(COLOURS).index("red"), list(COLOURS).index("grey"),
+                             list(COLOURS).index("beige"), evaluate.IGNORE]  # unknown: ignored
+    assert list(patterns) == [PATTERNS.index("floral"), evaluate.IGNORE,
+                              PATTERNS.index("color block"), evaluate.IGNORE]
 
 
 # ------------------------------------------------------------------ R-precision
@@ -89,7 +88,7 @@ def test_parse_colour(caption, colour):
 def _attributes(n, seed):
     rng = np.random.default_rng(seed)
     kinds = rng.integers(0, len(KINDS), n)
-    colours = rng.integers(0, len(evaluate.COLOURS), n)
+    colours = rng.integers(0, len(evaluate.COLOUR_NAMES), n)
     colours[rng.random(n) < 0.2] = -1  # some captions name no colour
     return kinds, colours
 
@@ -103,7 +102,7 @@ def _one_hot_logp(target, classes):
 def test_r_precision_perfect_and_uniform_classifiers():
     kinds, colours = _attributes(60, 0)
     pool_k, pool_c = _attributes(40, 1)
-    nc = len(evaluate.COLOURS)
+    nc = len(evaluate.COLOUR_NAMES)
     perfect = evaluate.r_precision(_one_hot_logp(kinds, 5), _one_hot_logp(colours, nc),
                                    kinds, colours, pool_k, pool_c, k=10, seed=0)
     assert perfect[0] == 1.0 and perfect[1] == 10
@@ -126,14 +125,58 @@ def test_r_precision_uses_what_the_pool_allows():
     assert hit == 1.0 and cands == 4
 
 
+def _patterns(n, seed):
+    rng = np.random.default_rng(seed)
+    p = rng.integers(0, len(PATTERNS), n)
+    p[rng.random(n) < 0.3] = -1  # some samples have no pattern
+    return p
+
+
+def test_r_precision_with_patterns_needs_the_pattern_right_too():
+    kinds, colours = _attributes(80, 0)
+    pool_k, pool_c = _attributes(60, 1)
+    pats, pool_p = _patterns(80, 2), _patterns(60, 3)
+    nc, npat = len(evaluate.COLOUR_NAMES), len(PATTERNS)
+    kl, cl, pl = _one_hot_logp(kinds, 5), _one_hot_logp(colours, nc), _one_hot_logp(pats, npat)
+    kw = dict(k=10, seed=0, own_pattern=pats, pool_pattern=pool_p)
+    perfect = evaluate.r_precision(kl, cl, kinds, colours, pool_k, pool_c, pattern_logp=pl, **kw)
+    assert perfect == (1.0, 10.0)
+    # knowing kind and colour but not the pattern: distractors that differ only in
+    # pattern tie with the own caption, which counts as a miss
+    blind = evaluate.r_precision(kl, cl, kinds, colours, pool_k, pool_c,
+                                 pattern_logp=np.log(np.full((80, npat), 1 / npat)), **kw)
+    without = evaluate.r_precision(kl, cl, kinds, colours, pool_k, pool_c, k=10, seed=0)
+    assert without[0] == 1.0 and blind[0] < 1.0
+    with pytest.raises(ValueError):
+        evaluate.r_precision(kl, cl, kinds, colours, pool_k, pool_c, pattern_logp=pl)
+
+
+def test_r_precision_pattern_distractors_follow_the_own_attributes():
+    kinds, colours, pats = np.array([0, 0]), np.array([3, 3]), np.array([1, -1])
+    pool_k = np.array([0, 0, 0, 1, 0])
+    pool_c = np.array([3, 3, 3, 3, 4])
+    pool_p = np.array([1, 2, -1, 1, -1])
+    # image 0 (pattern 1): distractors have a pattern and differ in kind, colour or
+    # pattern -> pool rows 1, 3; image 1 (no pattern): judged on kind and colour only,
+    # distractors differ in one of them -> pool rows 3, 4
+    hit, cands = evaluate.r_precision(
+        _one_hot_logp(kinds, 5), _one_hot_logp(colours, 13), kinds, colours, pool_k, pool_c,
+        k=10, pattern_logp=_one_hot_logp(pats, len(PATTERNS)), own_pattern=pats,
+        pool_pattern=pool_p)
+    assert hit == 1.0 and cands == 3
+
+
 def test_images_of_any_size_are_resized_to_the_feature_net_size():
     net = evaluate.GarmentFeatureNet(width=4)
     for size in (16, 64, 256):
         x = torch.rand(3, 3, size, size) * 2 - 1
         assert evaluate.to_feat_size(x).shape == (3, 3, 64, 64)
-        feats, kind_logp, colour_logp = evaluate.featurize(net, x, "cpu", progress=False)
+        feats, kind_logp, colour_logp, pattern_logp = evaluate.featurize(net, x, "cpu",
+                                                                         progress=False)
         assert feats.shape == (3, 32) and kind_logp.shape == (3, len(KINDS))
+        assert colour_logp.shape == (3, len(COLOURS)) and pattern_logp.shape == (3, len(PATTERNS))
         assert torch.allclose(colour_logp.exp().sum(1), torch.ones(3), atol=1e-5)
+        assert torch.allclose(pattern_logp.exp().sum(1), torch.ones(3), atol=1e-5)
     flat = torch.full((2, 3, 256, 256), 0.5)
     assert torch.allclose(evaluate.to_feat_size(flat), torch.full((2, 3, 64, 64), 0.5))
 
@@ -157,12 +200,90 @@ def test_heldout_split_uses_validation_rows_else_ten_percent_per_kind():
     assert list(evaluate.split_heldout(_FakeData(kinds), ["train"] * 100)[1]) == list(he)
 
 
+def test_fd_halves_are_disjoint_equal_per_kind_and_from_the_heldout_set_only():
+    kinds = [KINDS[i % 5] for i in range(200)]
+    # held out: 7 t-shirts, 6 dresses, 1 pair of pants (too few), no leggings, 5 shoes
+    want = {"t-shirt": 7, "dress": 6, "pants": 1, "leggings": 0, "shoes": 5}
+    held = np.sort(np.concatenate([np.flatnonzero(np.array(kinds) == kd)[:n]
+                                   for kd, n in want.items()]))
+    a, b = evaluate.fd_halves(held, kinds)
+    assert not set(a) & set(b) and set(a) | set(b) <= set(held)
+    for kd, n in want.items():
+        na = sum(kinds[i] == kd for i in a)
+        nb = sum(kinds[i] == kd for i in b)
+        assert na == nb == (n // 2 if n >= 2 else 0), kd
+    # fixed: the same halves on every call, and by kind index as by kind name
+    a2, b2 = evaluate.fd_halves(held, np.array([KINDS.index(k) for k in kinds]))
+    assert list(a2) == list(a) and list(b2) == list(b)
+    # never the training images, whatever the split
+    tr, he, _ = evaluate.split_heldout(_FakeData(kinds), ["train"] * 200)
+    a, b = evaluate.fd_halves(he, kinds)
+    assert len(a) == len(b) > 0 and not (set(a) | set(b)) & set(tr)
+    assert evaluate.fd_halves(np.zeros(0, int), kinds)[0].shape == (0,)
+
+
+class _PixelData:
+    """Dresses: striped (red/white horizontal stripes), pure color red, or no pattern
+    (blue), at 64 px."""
+
+    def __init__(self, n=48):
+        self.kinds = ["dress" if i % 2 else "t-shirt" for i in range(n)]
+        self.patterns = [("striped", "pure color", None)[i % 3] for i in range(n)]
+        self.colours = ["blue" if p is None else "red" for p in self.patterns]
+        x = torch.full((n, 3, 64, 64), 0.9)
+        for i, p in enumerate(self.patterns):
+            top = 8 if self.kinds[i] == "t-shirt" else 4
+            bottom = 36 if self.kinds[i] == "t-shirt" else 60
+            x[i, :, top:bottom, 16:48] = torch.tensor([0.6, -0.8, -0.8])[:, None, None] \
+                if p else torch.tensor([-0.7, -0.5, 0.6])[:, None, None]
+            if p == "striped":
+                for r in range(top, bottom, 8):
+                    x[i, :, r:r + 4, 16:48] = 1.0
+        self.x = x
+
+    def pixels(self, idx, device=None):
+        return self.x[torch.as_tensor(np.asarray(idx))]
+
+
+def test_feature_net_learns_patterns_from_data_patterns_and_reports_their_accuracy(tmp_path):
+    data = _PixelData()
+    train, held = np.arange(0, 36), np.arange(36, 48)
+    cfg = Config(cache_dir=str(tmp_path / "cache"))
+    net, info = evaluate.load_or_train_feature_net(cfg, data, train, held, "k", torch.device("cpu"),
+                                                   epochs=25, width=4, progress=False)
+    assert info["trained"] and Path(info["path"]).is_file()
+    _, kl, cl, pl = evaluate.featurize(net, data.pixels(held), "cpu", progress=False)
+    want = [PATTERNS.index(data.patterns[i]) if data.patterns[i] else -1 for i in held]
+    ok = [(int(pl[j].argmax()) == t) for j, t in enumerate(want) if t >= 0]
+    assert info["n_heldout_pattern"] == len(ok) == 8  # the 4 without a pattern are ignored
+    assert info["pattern_acc"] == pytest.approx(sum(ok) / len(ok))
+    assert min(info["pattern_acc"], info["kind_acc"], info["colour_acc"]) >= 0.875
+    # the pattern targets are part of the cache key: another pattern, another net
+    key = evaluate.featnet_key(data, train, "k", 4, 25)
+    assert Path(info["path"]).name == f"featnet_{key}.pt"
+    data.patterns[0] = "dotted"
+    assert evaluate.featnet_key(data, train, "k", 4, 25) != key
+    data.patterns[0] = "striped"
+    again, info2 = evaluate.load_or_train_feature_net(cfg, data, train, held, "k",
+                                                      torch.device("cpu"), epochs=25, width=4,
+                                                      progress=False)
+    assert not info2["trained"] and info2["pattern_acc"] == info["pattern_acc"]
+
+
 # ------------------------------------------------------------------ end to end
 
-def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys):
+def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monkeypatch):
     root, _ = dfmm
     out = tmp_path / "out"
     assert main.main(["--train", "y", "--stage", "1"] + tiny_args(root, out)) == 0
+    calls = []  # (text embeddings, seed) of every generation call, run for real
+    real_sample = main.sample_images
+
+    def recording_sample(netG, emb, n, seed, **kw):
+        calls.append((emb.detach().cpu().clone(), seed))
+        return real_sample(netG, emb, n, seed, **kw)
+
+    monkeypatch.setattr(main, "sample_images", recording_sample)
     ckpt = out / "stage1" / "last.pt"
     cfg = Config(data_dir=str(root), out_dir=str(tmp_path / "ev"), wandb_mode="disabled",
                  device="cpu")
@@ -170,26 +291,65 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys):
     m = evaluate.evaluate(ckpt, cfg, **kw)
     printed = capsys.readouterr().out
     assert "no validation split" in printed and "held-out kind accuracy" in printed
+    assert "pattern accuracy" in printed and "short prompts" in printed
     assert "FD-garment" in printed and "R-prec@4" in printed
 
     df = pd.read_csv(tmp_path / "ev" / "eval" / "results.csv", keep_default_na=False)
     assert list(df.columns) == ["metric", "set", "kind", "value", "n"]
     rows = set(zip(df.metric, df.set, df.kind))
-    expected = {("kind_accuracy", "real_heldout", "all"), ("kind_accuracy", "generated", "all"),
-                ("colour_accuracy", "real_heldout", "all"), ("colour_accuracy", "generated", "all"),
-                ("fd_garment", "generated", "all"), ("fd_garment", "real_train", "all"),
-                ("r_precision", "real_heldout", "all"), ("r_precision", "generated", "all")}
-    expected |= {("kind_accuracy", s, kd) for kd in KINDS for s in ("real_heldout", "generated")}
+    sets = ("real_heldout", "generated", "generated_short")
+    expected = {(f"{a}_accuracy", s, kd) for a in ("kind", "colour", "pattern") for s in sets
+                for kd in ("all",) + KINDS}
+    expected |= {("fd_garment", "generated", "all"), ("fd_garment", "real_heldout_half", "all"),
+                 ("r_precision", "real_heldout", "all"), ("r_precision", "generated", "all")}
     assert rows == expected and len(df) == len(expected)
     val = df.set_index(["metric", "set", "kind"])["value"].astype(float)
-    for metric in ("kind_accuracy", "colour_accuracy", "r_precision"):
-        v = val[metric]
-        assert ((v >= 0) & (v <= 1)).all(), metric
+    n = df.set_index(["metric", "set", "kind"])["n"]
+    for key in val.index:
+        if key[0] != "fd_garment":  # accuracies and R-precision: a share, or nan with n = 0
+            assert (0 <= val[key] <= 1) if n[key] > 0 else np.isnan(val[key]), key
     assert (val["fd_garment"] >= 0).all()
     assert val[("kind_accuracy", "generated", "all")] == pytest.approx(m["kind_acc_generated"])
-    assert df.set_index(["metric", "set", "kind"]).loc[("kind_accuracy", "generated", "dress"), "n"] == 3
-    assert m["n_generated"] == 3 * len(KINDS) and m["n_floor"] == 3 * len(KINDS)
+    for a in ("kind", "colour", "pattern"):
+        for s, short in zip(sets, ("real", "generated", "short")):
+            got, want = val[(f"{a}_accuracy", s, "all")], m[f"{a}_acc_{short}"]
+            assert got == pytest.approx(want) or (np.isnan(got) and np.isnan(want)), (a, s)
+            for kd in KINDS:
+                v = m["per_kind"][kd][f"{a}_{short}"]
+                assert val[(f"{a}_accuracy", s, kd)] == pytest.approx(v, nan_ok=True)
+    # generated and short-prompt sets: n_per_kind per kind, every sample has a short caption
+    assert m["n_generated"] == m["n_generated_short"] == 3 * len(KINDS)
+    for kd in KINDS:
+        assert n[("kind_accuracy", "generated", kd)] == 3
+        assert n[("kind_accuracy", "generated_short", kd)] == 3
     assert (tmp_path / "ev" / "eval" / "generated.png").is_file()
+
+    # the targets are the dataset's attributes: pattern accuracy counts the held-out
+    # samples that have a pattern (the fixture's shoes have none)
+    data, splits, _ = evaluate._load_eval_data(cfg, progress=False)
+    tr, held, _ = evaluate.split_heldout(data, splits)
+    assert n[("pattern_accuracy", "real_heldout", "all")] == \
+        sum(data.patterns[i] is not None for i in held) > 0
+    assert n[("pattern_accuracy", "real_heldout", "shoes")] == 0
+    assert n[("colour_accuracy", "real_heldout", "all")] == len(held) == m["n_heldout"]
+    # FD-garment: both values from the same two disjoint held-out halves
+    a_half, b_half = evaluate.fd_halves(held, data.kinds)
+    assert m["n_fd"] == len(a_half) == len(b_half) > 0
+    assert n[("fd_garment", "generated", "all")] == n[("fd_garment", "real_heldout_half", "all")] \
+        == m["n_fd"]
+    assert m["fd_kinds"] == sorted({data.kinds[i] for i in a_half}, key=KINDS.index)
+
+    # generation: per kind the long captions, then the short ones with the same noise
+    # seed; then one image per sample of half A from its long caption
+    short_rows = data.text_emb[data.text_start + 1]
+    for j in range(len(KINDS)):
+        (long_emb, s1), (short_emb, s2) = calls[2 * j], calls[2 * j + 1]
+        assert s1 == s2 and len(long_emb) == len(short_emb) == 3
+        for e_long, e_short in zip(long_emb, short_emb):
+            i = int(torch.nonzero((data.emb == e_long).all(1))[0])
+            assert torch.equal(e_short, short_rows[i]) and not torch.equal(e_short, e_long)
+    fd_calls = calls[2 * len(KINDS):]
+    assert torch.equal(torch.cat([e for e, _ in fd_calls]), data.emb[torch.as_tensor(a_half)])
 
     cache = Path(m["featnet"]["path"])
     assert cache.parent == root / "cache" and cache.name.startswith("featnet_")
@@ -197,8 +357,9 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys):
     mtime = cache.stat().st_mtime_ns
     m2 = evaluate.evaluate(ckpt, cfg, **kw)
     assert not m2["featnet"]["trained"] and cache.stat().st_mtime_ns == mtime
-    for key in ("kind_acc_generated", "colour_acc_generated", "fd_garment", "fd_garment_floor",
-                "r_precision_generated", "kind_acc_real"):
+    for key in ("kind_acc_generated", "colour_acc_generated", "pattern_acc_generated",
+                "kind_acc_short", "colour_acc_short", "pattern_acc_short", "fd_garment",
+                "fd_garment_floor", "r_precision_generated", "kind_acc_real", "pattern_acc_real"):
         assert m2[key] == m[key] or (np.isnan(m2[key]) and np.isnan(m[key])), key
 
 
