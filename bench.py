@@ -90,7 +90,7 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
     if naive is not None:
         loader = iter(torch.utils.data.DataLoader(naive, batch_size=cfg.batch_size, shuffle=True,
                                                   num_workers=workers, drop_last=True))
-        emb_all = data.emb
+        emb_all, labels_all = data.emb, data.labels
 
     def next_batch():
         nonlocal loader
@@ -103,29 +103,32 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
             loader = iter(torch.utils.data.DataLoader(naive, batch_size=cfg.batch_size, shuffle=True,
                                                       num_workers=workers, drop_last=True))
             real, wrong, _ = next(loader)
-        emb = emb_all[torch.randint(len(emb_all), (cfg.batch_size,))]
-        return real.to(device), wrong.to(device), emb.to(device)
+        pick = torch.randint(len(emb_all), (cfg.batch_size,))
+        return real.to(device), wrong.to(device), emb_all[pick].to(device), labels_all[pick].to(device)
 
     t_data = t_step = 0.0
     for i in range(warmup + steps):
         t0 = time.perf_counter()
-        real, wrong, emb = next_batch()
+        real, wrong, emb, labels = next_batch()
         real, wrong = real.contiguous(memory_format=fmt), wrong.contiguous(memory_format=fmt)
         sync(device)
         t1 = time.perf_counter()
         z = torch.randn(cfg.batch_size, cfg.z_dim, device=device)
         with autocast(device, bf16):
             fake, mu, logvar = netG(emb, z)
+        d_cond = emb if cfg.d_cond == "text" else mu
         requires_grad(netD, True)
         optD.zero_grad(set_to_none=True)
         with autocast(device, bf16):
-            d_loss, _ = discriminator_loss(netD, real, wrong, fake, mu)
+            d_loss, _ = discriminator_loss(netD, real, wrong, fake, d_cond, labels=labels,
+                                           aux_coef=cfg.aux_coef)
         d_loss.backward()
         optD.step()
         requires_grad(netD, False)
         optG.zero_grad(set_to_none=True)
         with autocast(device, bf16):
-            g_loss, _ = generator_loss(netD, fake, mu, mu, logvar, cfg.kl_coef)
+            g_loss, _ = generator_loss(netD, fake, d_cond, mu, logvar, cfg.kl_coef, labels=labels,
+                                       aux_coef=cfg.aux_coef)
         g_loss.backward()
         optG.step()
         sync(device)

@@ -2,7 +2,9 @@
 
     python get_embeddings.py --data_dir DIR [--text_model NAME] [--batch_size 256]
 
-writes DIR/embeddings.pickle:
+encodes the training captions that datasets.py derives for every garment sample (the
+garment's sentences of the DFMM caption, its measured colour, short forms; building
+the 64 px image cache when it is missing) and writes DIR/embeddings.pickle:
     {"version": 1, "model": NAME, "dim": D, "captions_hash": sha256 of captions.json's
      contents, "texts": [unique caption strings], "embeddings": float32 (len(texts), D)}
 
@@ -82,10 +84,11 @@ def captions_hash(captions: dict) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def build_cache(captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL,
-                extra_texts=(), batch_size: int = 256, progress: bool = True) -> dict:
-    """Encode the unique captions (plus `extra_texts`) and write the cache atomically."""
-    texts = sorted(set(captions.values()) | set(extra_texts))
+def build_cache(captions: dict, path, texts, model_name: str = DEFAULT_TEXT_MODEL,
+                batch_size: int = 256, progress: bool = True) -> dict:
+    """Encode the unique `texts` (the training captions derived from `captions`, the
+    contents of captions.json, whose hash the cache records) and write it atomically."""
+    texts = sorted(set(texts))
     if progress:
         print(f"encoding {len(texts)} unique captions with {model_name}")
     vecs = encode_texts(texts, model_name, batch_size, progress=progress)
@@ -127,13 +130,12 @@ def check_cache(cache: dict, captions: dict, model_name: str, path, data_dir=Non
 
 def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, data_dir=None,
            progress: bool = True) -> np.ndarray:
-    """Vectors for `texts` from the cache at `path`, built when missing.
-
-    Texts derived from the captions (e.g. the shoe captions made by datasets.py) that
-    the cache lacks are encoded and added, so the cache stays the one source."""
+    """Vectors for `texts` (the captions datasets.py derives for each sample) from the
+    cache at `path`, built when missing; texts the cache lacks are encoded and added,
+    so the cache stays the one source."""
     path = Path(path)
     if not path.exists():
-        cache = build_cache(captions, path, model_name, extra_texts=texts, progress=progress)
+        cache = build_cache(captions, path, texts, model_name, progress=progress)
     else:
         cache = read_cache(path)
         check_cache(cache, captions, model_name, path, data_dir)
@@ -155,17 +157,27 @@ def main(argv=None):
                    help="SentenceTransformer name or path (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--out", default=None, help="cache path (default: DATA_DIR/embeddings.pickle)")
     p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--cache_dir", default=None, help="image cache (default: DATA_DIR/cache)")
     args = p.parse_args(argv)
-    from datasets import read_captions
+    from config import Config
+    from datasets import prepare, read_captions
     try:
+        if args.batch_size < 1:
+            raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
         captions, bad = read_captions(args.data_dir)
+        # the training captions are derived per garment sample (datasets.derive_captions),
+        # which reads the images: build (or reuse) the 64 px cache that holds them
+        index = prepare(Config(data_dir=args.data_dir, cache_dir=args.cache_dir), 64)
+        texts = [t for caps in index["captions"] for t in caps]
         out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
-        cache = build_cache(captions, out, args.text_model, batch_size=args.batch_size)
+        cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
     except UserError as e:
-        sys.exit(f"error: {e}")
-    print(f"wrote {out}: {len(cache['texts'])} unique captions x {cache['dim']} dims"
-          + (f" ({bad} unusable captions skipped)" if bad else ""))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment samples x "
+          f"{cache['dim']} dims" + (f" ({bad} unusable captions skipped)" if bad else ""))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

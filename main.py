@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=None,
                    help="text to draw (repeatable); default: one prompt set covering all kinds")
     p.add_argument("--prompts_file", default=None, help="file with one prompt per line")
+    p.add_argument("--sweep", choices=("colour", "pattern"), default=None,
+                   help="prompts that vary one attribute of one garment: eight colours, or five "
+                        "patterns (with --sweep_kind)")
+    p.add_argument("--sweep_kind", choices=KINDS, default="dress", help="the garment of --sweep")
     p.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue training from a checkpoint (auto: OUT_DIR/stage<N>/last.pt)")
     p.add_argument("--debug", action="store_true", help="a tiny run for smoke tests")
@@ -495,6 +499,20 @@ def apply_update(opt, loss, stats, step):
 
 # ------------------------------------------------------------------------ generation
 
+SWEEP_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "black")
+SWEEP_PATTERNS = ("pure color", "striped", "dotted", "lattice", "floral")
+
+
+def sweep_prompts(what: str, kind: str) -> list[str]:
+    """Short prompts that differ in one attribute: "a red dress", "an orange dress", ...
+    (colour) or "a red dress with striped patterns", ... (pattern)."""
+    from datasets import KIND_NOUN, derive_captions
+    if what == "colour":
+        return [derive_captions(kind, "", c)["captions"][1] for c in SWEEP_COLOURS]
+    return [derive_captions(kind, f"The {KIND_NOUN[kind]} has {p} patterns.", "red")["captions"][1]
+            for p in SWEEP_PATTERNS]
+
+
 def read_prompts(prompts, prompts_file) -> list[str]:
     out = list(prompts or [])
     if prompts_file:
@@ -537,7 +555,9 @@ def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64,
 
 
 @torch.no_grad()
-def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
+def generate(cfg: Config, net_g, prompts, stage=None, name: str = "grid") -> Path:
+    """Draw cfg.n_samples images per prompt: OUT_DIR/generated/<name>.png (one row per
+    prompt) and one PNG per image."""
     from get_embeddings import encode_texts, too_long
     device = resolve_device(cfg.device)
     if net_g is None:
@@ -559,7 +579,7 @@ def generate(cfg: Config, net_g, prompts, stage=None) -> Path:
     if cfg.channels_last:
         netG.to(memory_format=torch.channels_last)
     images = sample_images(netG, emb, n, cfg.seed, bf16=bf16)
-    grid = save_grid(images, out / "grid.png", nrow=n, row_labels=prompts)
+    grid = save_grid(images, out / f"{name}.png", nrow=n, row_labels=prompts)
     pix = to_uint8(images)
     for i, p in enumerate(prompts):
         for k in range(n):
@@ -577,6 +597,9 @@ def main(argv=None) -> int:
         if args.train:
             train(dataclasses.replace(cfg, stage=args.stage or 1), explicit, args.stage1_g,
                   resume=args.resume)
+        elif args.sweep:
+            generate(cfg, args.net_g, sweep_prompts(args.sweep, args.sweep_kind), stage=args.stage,
+                     name=f"sweep_{args.sweep}_{args.sweep_kind}")
         else:
             generate(cfg, args.net_g, read_prompts(args.prompt, args.prompts_file), stage=args.stage)
 

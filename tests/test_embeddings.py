@@ -33,7 +33,7 @@ def test_real_minilm_embeds_meaningfully():
 
 def test_cache_written_reloaded_and_stale_detected(tmp_path):
     path = tmp_path / "embeddings.pickle"
-    cache = ge.build_cache(CAPTIONS, path, progress=False)
+    cache = ge.build_cache(CAPTIONS, path, CAPTIONS.values(), progress=False)
     assert path.is_file()
     with open(path, "rb") as f:
         saved = pickle.load(f)
@@ -64,13 +64,28 @@ def test_broken_cache_file_is_a_clear_error(tmp_path):
         ge.lookup(["x"], CAPTIONS, path)
 
 
-def test_cli_writes_cache(tmp_path, capsys):
-    (tmp_path / "captions.json").write_text(json.dumps(CAPTIONS))
-    ge.main(["--data_dir", str(tmp_path)])
-    assert "3 unique captions x 384 dims" in capsys.readouterr().out
-    assert ge.read_cache(tmp_path / "embeddings.pickle")["captions_hash"] == ge.captions_hash(CAPTIONS)
+def test_cli_encodes_the_derived_garment_captions(dfmm, capsys):
+    """get_embeddings.py caches the captions the training reads: each garment sample's
+    derived captions (its sentences plus the measured colour, and the short forms)."""
+    import datasets as ds
+    from config import Config
+    root, info = dfmm
+    assert ge.main(["--data_dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    index = ds.prepare(Config(data_dir=str(root)), 64, progress=False)
+    derived = {t for caps in index["captions"] for t in caps}
+    assert f"{len(derived)} unique captions of {index['n']} garment samples x 384 dims" in out
+    cache = ge.read_cache(root / "embeddings.pickle")
+    assert set(cache["texts"]) == derived
+    assert "a pair of black shoes" in derived  # a short form of a footwear sample
+    captions = json.loads((root / "captions.json").read_text())
+    assert cache["captions_hash"] == ge.captions_hash(captions)
+    # training then finds every text there: nothing is encoded again
+    emb = ge.lookup(sorted(derived), captions, root / "embeddings.pickle")
+    assert emb.shape == (len(derived), 384)
+    assert ge.read_cache(root / "embeddings.pickle")["texts"] == cache["texts"]
 
 
-def test_cli_missing_captions_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="captions.json is missing"):
-        ge.main(["--data_dir", str(tmp_path)])
+def test_cli_missing_captions_is_a_clear_error(tmp_path, capsys):
+    assert ge.main(["--data_dir", str(tmp_path)]) == 2
+    assert "captions.json is missing" in capsys.readouterr().err

@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from config import Config
-from model import CA_NET, Stage1_D, Stage1_G, Stage2_D, Stage2_G, build_models
-from utils import discriminator_loss, generator_loss, kl_loss
+from config import COLOURS, KINDS, PATTERNS, Config
+from main import ema_decay
+from model import CA_NET, CondUpBlock, Stage1_D, Stage1_G, Stage2_D, Stage2_G, build_models
+from utils import attribute_loss, discriminator_loss, generator_loss, kl_loss
 
 
 def tiny(**kw):
@@ -23,14 +24,15 @@ def test_shapes_both_stages(s1, s2):
     assert img.shape == (3, 3, s1, s1)
     assert mu.shape == logvar.shape == (3, cfg.condition_dim)
     assert img.min() >= -1 and img.max() <= 1
-    cond, uncond = d1(img, mu)
+    cond, uncond, aux = d1(img, text)  # D reads the sentence embedding itself
     assert cond.shape == (3,) and uncond is None
+    assert [a.shape for a in aux] == [(3, len(KINDS)), (3, len(COLOURS)), (3, len(PATTERNS))]
 
     cfg.stage = 2
     g2, d2 = build_models(cfg, g1)
     hi, mu2, _, low = g2(text, z, return_stage1=True)
     assert hi.shape == (3, 3, s2, s2) and low.shape == (3, 3, s1, s1)
-    cond, uncond = d2(hi, mu2)
+    cond, uncond, _ = d2(hi, text)
     assert cond.shape == uncond.shape == (3,)
 
 
@@ -93,7 +95,7 @@ class FixedD(torch.nn.Module):
         self.outs = list(outs)
 
     def forward(self, img, c):
-        return self.outs.pop(0)
+        return (*self.outs.pop(0), None)
 
 
 def bce(logit, target):
@@ -126,8 +128,9 @@ def test_discriminator_loss_trains_d_only():
     cfg = tiny(stage1_size=16)
     g, d = build_models(cfg)
     real = torch.rand(4, 3, 16, 16) * 2 - 1
-    fake, mu, logvar = g(torch.randn(4, cfg.text_dim), torch.randn(4, cfg.z_dim))
-    loss, _ = discriminator_loss(d, real, real.flip(0), fake, mu)
+    text = torch.randn(4, cfg.text_dim)
+    fake, mu, logvar = g(text, torch.randn(4, cfg.z_dim))
+    loss, _ = discriminator_loss(d, real, real.flip(0), fake, text)
     loss.backward()
     assert all(p.grad is None for p in g.parameters())  # fake and condition are detached
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in d.parameters())
@@ -154,7 +157,7 @@ class LinearD(torch.nn.Module):
         self.w = torch.nn.Parameter(w)
 
     def forward(self, img, c):
-        return (img * self.w).flatten(1).sum(1), None
+        return (img * self.w).flatten(1).sum(1), None, None
 
 
 def test_r1_penalty_matches_hand_value():
@@ -201,7 +204,7 @@ def test_spectral_norm_discriminator():
     assert any(torch.nn.utils.parametrize.is_parametrized(m) for m in d.modules())
     from model import weights_init
     d.apply(weights_init)
-    cond, _ = d(torch.randn(2, 3, 16, 16), torch.randn(2, cfg.condition_dim))
+    cond, _, _ = d(torch.randn(2, 3, 16, 16), torch.randn(2, cfg.text_dim))
     assert cond.shape == (2,) and torch.isfinite(cond).all()
 
 
@@ -270,3 +273,70 @@ def test_standing_stats_leave_the_frozen_stage1_alone():
     assert all(torch.equal(v, g2.stage1.state_dict()[k]) for k, v in before.items())
     changed = [k for k, v in rest.items() if "running_mean" in k and not torch.equal(v, g2.state_dict()[k])]
     assert changed  # Stage II's own statistics were recomputed
+
+
+def test_text_conditioning_switches():
+    """g_fusion affine: the text reaches every up block (the output changes with the text
+    even when the 4x4 input is fixed); d_cond mu: D reads a condition-sized vector."""
+    cfg = tiny(stage1_size=16)
+    g = Stage1_G(cfg).eval()
+    assert all(isinstance(b, CondUpBlock) for b in g.ups)
+    h = torch.randn(2, g.ngf, 4, 4)
+    c1, c2 = torch.randn(2, cfg.condition_dim), torch.randn(2, cfg.condition_dim)
+    from model import run_ups
+    with torch.no_grad():
+        for b in g.ups:  # make the text's effect visible at init
+            b.affine.weight.normal_(0, 1)
+        assert not torch.allclose(run_ups(g.ups, h, c1), run_ups(g.ups, h, c2))
+    plain = Stage1_G(tiny(stage1_size=16, g_fusion="input"))
+    assert not any(isinstance(b, CondUpBlock) for b in plain.ups)
+    d = Stage1_D(tiny(stage1_size=16, d_cond="mu", aux_coef=0.0))
+    assert d.text_proj is None and d.aux is None
+    cond, _, aux = d(torch.randn(2, 3, 16, 16), torch.randn(2, cfg.condition_dim))
+    assert cond.shape == (2,) and aux is None
+    with pytest.raises(ValueError, match="g_fusion"):
+        Stage1_G(tiny(g_fusion="both"))
+
+
+def test_attribute_loss_and_its_terms():
+    """Cross-entropy per attribute, an unknown (-100) label ignored; D's term uses the
+    real images' heads and G's the generated images'."""
+    logits = (torch.tensor([[2.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[5.0, 0.0]]))
+    labels = torch.tensor([[0, 1, -100]])
+    expect = (math.log(1 + math.exp(-2.0)) + (math.log(2 + math.e) - 1.0))
+    assert attribute_loss(logits, labels).item() == pytest.approx(expect, rel=1e-6)
+    x, c = torch.zeros(1, 3, 4, 4), torch.zeros(1, 2)
+
+    class AuxD(torch.nn.Module):
+        def __init__(self, outs):
+            super().__init__()
+            self.outs = list(outs)
+
+        def forward(self, img, cond):
+            return self.outs.pop(0)
+
+    t = torch.tensor
+    real = (t([2.0]), None, logits)
+    d = AuxD([real, (t([0.5]), None, None), (t([-1.0]), None, None)])
+    with_aux, stats = discriminator_loss(d, x, x, x, c, labels=labels, aux_coef=2.0)
+    d = AuxD([real, (t([0.5]), None, None), (t([-1.0]), None, None)])
+    without, _ = discriminator_loss(d, x, x, x, c)
+    assert with_aux.item() == pytest.approx(without.item() + 2.0 * expect, rel=1e-5)
+    assert stats["d_aux"] == pytest.approx(expect, rel=1e-5)
+    mu = logvar = torch.zeros(1, 2)
+    g_with, g_stats = generator_loss(AuxD([(t([0.3]), None, logits)]), x, c, mu, logvar, 2.0,
+                                     labels=labels, aux_coef=0.5)
+    g_without, _ = generator_loss(AuxD([(t([0.3]), None, logits)]), x, c, mu, logvar, 2.0)
+    assert g_with.item() == pytest.approx(g_without.item() + 0.5 * expect, rel=1e-5)
+    assert g_stats["g_aux"] == pytest.approx(expect, rel=1e-5)
+
+
+def test_ema_decay_warms_up():
+    assert ema_decay(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay(0.999, 90) == pytest.approx(91 / 100)
+    assert ema_decay(0.999, 100_000) == 0.999
+    # after a short run the initial weights keep a negligible share
+    share = 1.0
+    for step in range(2000):
+        share *= ema_decay(0.999, step)
+    assert share < 1e-3 < 0.999 ** 2000
