@@ -67,7 +67,7 @@ FABRICS = ("denim", "cotton", "leather", "furry", "knitted", "chiffon", "other")
 
 # Settings used when no --data_dir is given: the built-in synthetic garments are
 # simple, so narrower networks learn them within minutes on a laptop CPU.
-BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=25, lr_decay_epoch=15, batch_size=32,
+BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_size=32,
                       snapshot_interval=5)
 
 
@@ -86,7 +86,7 @@ class Config:
     max_samples: int = 0  # 0: all
     # "wrong" pairs differ from the real image in kind, colour or pattern; this share of them
     # is drawn from the real image's own kind (a dress of another colour or pattern)
-    wrong_same_kind: float = 0.5
+    wrong_same_kind: float = 0.25
     # text
     text_model: str = "all-MiniLM-L6-v2"
     text_dim: int = 384

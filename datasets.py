@@ -141,31 +141,26 @@ KIND_GROUPS = {"t-shirt": ("upper",), "dress": ("dress", "upper"), "pants": ("lo
 KIND_NOUN = {"t-shirt": "T-shirt", "dress": "dress", "pants": "pants", "leggings": "leggings",
              "shoes": "shoes"}
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
-_COLOUR_RE = re.compile(r"\b(" + "|".join(sorted(list(COLOURS) + list(COLOUR_ALIASES), key=len,
-                                                 reverse=True)) + r")\b", re.I)
-_PATTERN_RE = re.compile(r"\b(" + "|".join(sorted(list(PATTERNS) + list(PATTERN_ALIASES), key=len,
-                                                  reverse=True)) + r")\b", re.I)
+
+
+def _word_finder(names, aliases):
+    """A function text -> the first of `names` or `aliases` in it (as a name), or None."""
+    rx = re.compile(r"\b(" + "|".join(sorted([*names, *aliases], key=len, reverse=True)) + r")\b",
+                    re.I)
+
+    def find(text: str):
+        m = rx.search(text)
+        return None if m is None else aliases.get(m.group(1).lower(), m.group(1).lower())
+    return find
+
+
+# the first colour word of a text as a vocabulary name ('gray' -> 'grey'), or None
+find_colour = _word_finder(COLOURS, COLOUR_ALIASES)
+# the first pattern word of a text as a PATTERNS name ('checked' -> 'lattice'), or None
+find_pattern = _word_finder(PATTERNS, PATTERN_ALIASES)
 _FABRIC_RE = re.compile(r"\b(" + "|".join(f for f in FABRICS if f != "other") + r")\b", re.I)
 # pattern_ann.txt / fabric_ann.txt columns (upper, lower, outer): which one each kind reads
 _TEXTURE_COLUMN = {"t-shirt": 0, "dress": 0, "pants": 1, "leggings": 1}
-
-
-def find_colour(text: str):
-    """The first colour word of `text` as a vocabulary name ('gray' -> 'grey'), or None."""
-    m = _COLOUR_RE.search(text)
-    if not m:
-        return None
-    w = m.group(1).lower()
-    return COLOUR_ALIASES.get(w, w)
-
-
-def find_pattern(text: str):
-    """The first pattern word of `text` as a PATTERNS name ('checked' -> 'lattice'), or None."""
-    m = _PATTERN_RE.search(text)
-    if not m:
-        return None
-    w = m.group(1).lower()
-    return PATTERN_ALIASES.get(w, w)
 
 
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -454,8 +449,10 @@ def _process(args):
 
 def _cache_key(data_dir, jobs, cfg: Config, size: int) -> str:
     h = hashlib.sha256()
+    # the derived captions depend on the vocabulary (colour shades, pattern names) too
     h.update(json.dumps([CACHE_VERSION, size, cfg.min_region_frac, cfg.crop_margin,
-                         cfg.category_map, cfg.parsing_labels], sort_keys=True).encode())
+                         cfg.category_map, cfg.parsing_labels, COLOURS, COLOUR_ALIASES, PATTERNS,
+                         PATTERN_ALIASES, FABRICS, COLOUR_PROBE_SIZE], sort_keys=True).encode())
     img_dir = Path(data_dir) / "images"
     for j in jobs:
         st = (img_dir / j.image).stat()

@@ -32,17 +32,17 @@ from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_w
                    requires_grad, resolve_device, run_cli, save_checkpoint, save_grid, set_seed,
                    standing_stats, to_uint8, use_bf16)
 
-DEFAULT_PROMPTS = [
-    "The lady wears a short-sleeve T-shirt with pure color patterns. The T-shirt is red.",
-    "The gentleman wears a long-sleeve T-shirt with blue and white striped patterns.",
-    "The lady wears a long dress in green with floral patterns.",
-    "The lady wears a short dress in black with pure color patterns.",
-    "The gentleman wears long pants. The pants are navy with pure color patterns and denim fabric.",
-    "The lady wears long pants. The pants are beige with checked patterns.",
-    "The lady wears black leggings of ankle length with pure color patterns.",
-    "The lady wears purple leggings with dotted patterns.",
-    "A pair of white sneakers with pure color patterns.",
-    "A pair of brown ankle boots with pure color patterns.",
+DEFAULT_PROMPTS = [  # short typed prompts and DFMM-style sentences, two per kind
+    "a red T-shirt",
+    "The gentleman wears a long-sleeve T-shirt with striped patterns. The T-shirt is white.",
+    "a green floral dress",
+    "The lady wears a short dress. The dress is black. It has pure color patterns.",
+    "a pair of navy pants",
+    "a pair of beige plaid pants",
+    "a pair of black leggings",
+    "The lady wears a pair of ankle leggings. The leggings are purple with dotted patterns.",
+    "a pair of white shoes",
+    "This lady wears a pair of ankle boots. The shoes are brown.",
 ]
 DEBUG = dict(epochs=1, max_samples=64, batch_size=16, gf_dim=8, df_dim=8, snapshot_interval=1,
              builtin_per_kind=20, builtin_dir="data/synthetic_debug", n_samples=4, log_interval=1)
