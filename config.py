@@ -2,11 +2,14 @@
 
 Defaults follow StackGAN (Zhang et al., 2017): Stage-I 64x64, Stage-II 256x256,
 z 100, condition 128, Adam(2e-4, betas 0.5/0.999), LR halved every 20 epochs,
-KL coefficient 2.0. One addition is on by default because the evaluation supports it
-on both the built-in data and real photos: an EMA generator (ema_decay 0.999) draws
-the samples; `--ema_decay 0` restores the original. Every field can be set from the
-command line in main.py (`--name value`), so there is no YAML and no second source of
-truth.
+KL coefficient 2.0. Additions are on by default where the evaluation supports them:
+an EMA generator (ema_decay 0.999, warmed up) draws the samples, and the text reaches
+the picture through D's own reading of the sentence (d_cond "text"), text-conditioned
+BatchNorm in every G block (g_fusion "affine"), attribute heads in D (aux_coef 1) and
+"wrong" pairs that differ in kind, colour or pattern. `--ema_decay 0 --d_cond mu
+--g_fusion input --aux_coef 0 --wrong_same_kind 0` restores the original. Every
+field can be set from the command line in main.py (`--name value`), so there is no YAML
+and no second source of truth.
 """
 from __future__ import annotations
 
