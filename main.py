@@ -504,8 +504,9 @@ SWEEP_PATTERNS = ("pure color", "striped", "dotted", "lattice", "floral")
 
 
 def sweep_prompts(what: str, kind: str) -> list[str]:
-    """Short prompts that differ in one attribute: "a red dress", "an orange dress", ...
-    (colour) or "a red dress with striped patterns", ... (pattern)."""
+    """Short prompts, in the form of the training captions' short forms, that differ in
+    one attribute: "a red dress", "an orange dress", ... (colour) or "a red dress",
+    "a red striped dress", ... (pattern)."""
     from datasets import KIND_NOUN, derive_captions
     if what == "colour":
         return [derive_captions(kind, "", c)["captions"][1] for c in SWEEP_COLOURS]
