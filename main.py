@@ -262,8 +262,8 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         check_arch({k: getattr(saved, k) for k in ARCH_FIELDS if k in explicit}, cfg, resume_path)
         # the run's settings come from the checkpoint, except flags given now; a step
         # limit only ever applies to the invocation it was given to
-        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in explicit},
-                                  max_steps=cfg.max_steps)
+        cfg = dataclasses.replace(saved, **{**{k: getattr(cfg, k) for k in explicit},
+                                            "max_steps": cfg.max_steps})
 
     stage1_g, stage1_cfg = None, None
     if cfg.stage == 2 and state is not None:

@@ -46,6 +46,19 @@ def test_stopped_and_resumed_equals_uninterrupted(dfmm, tmp_path, capsys, stop_a
     assert_same_state(full, load_checkpoint(tmp_path / "b" / "stage1" / "last.pt"))
 
 
+def test_preempted_runs_resume_with_a_new_step_limit(dfmm, tmp_path, capsys):
+    """A cluster job stopped by --max_steps resumes with --resume auto and another
+    --max_steps (the limit counts steps in all), as often as it is pre-empted."""
+    root, _ = dfmm
+    args = ["--train", "y"] + tiny_args(root, tmp_path / "p")
+    assert main.main(args + ["--max_steps", "2"]) == 0
+    assert main.main(args + ["--resume", "auto", "--max_steps", "3"]) == 0
+    assert load_checkpoint(tmp_path / "p" / "stage1" / "last.pt")["step"] == 3
+    assert main.main(args + ["--resume", "auto", "--max_steps", "5"]) == 0
+    assert load_checkpoint(tmp_path / "p" / "stage1" / "last.pt")["step"] == 5
+    assert "error" not in capsys.readouterr().err
+
+
 def test_resume_stage2_and_mismatching_settings(dfmm, tmp_path, capsys):
     root, _ = dfmm
     base = tiny_args(root, tmp_path / "o")
