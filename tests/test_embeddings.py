@@ -35,8 +35,7 @@ def test_cache_written_reloaded_and_stale_detected(tmp_path):
     path = tmp_path / "embeddings.pickle"
     cache = ge.build_cache(CAPTIONS, path, CAPTIONS.values(), progress=False)
     assert path.is_file()
-    with open(path, "rb") as f:
-        saved = pickle.load(f)
+    saved = ge.read_cache(path)
     assert saved["model"] == "all-MiniLM-L6-v2" and saved["dim"] == 384
     assert saved["captions_hash"] == ge.captions_hash(CAPTIONS)
     assert len(saved["texts"]) == 3  # unique captions
@@ -55,6 +54,31 @@ def test_cache_written_reloaded_and_stale_detected(tmp_path):
     # another model named: said plainly
     with pytest.raises(UserError, match="text model"):
         ge.check_cache(cache, CAPTIONS, "paraphrase-MiniLM-L3-v2", path)
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))  # unpickling would create the marker file
+
+
+def test_a_pickled_cache_runs_no_code(tmp_path):
+    """embeddings.pickle from someone else's data folder: a pickle is refused before any
+    of it runs, with a one-line error saying how to rebuild the cache."""
+    path, marker = tmp_path / "embeddings.pickle", tmp_path / "pwned"
+    payload = {"version": 2, "model": "all-MiniLM-L6-v2", "texts": [], "x": _Exploit(str(marker))}
+    path.write_bytes(pickle.dumps(payload))
+    with pytest.raises(UserError, match="not a readable embeddings cache"):
+        ge.lookup(["x"], CAPTIONS, path)
+    assert not marker.exists()
+    # also inside an .npz: an object array is refused
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array([_Exploit(str(marker))], dtype=object))
+    with pytest.raises(UserError, match="not a readable embeddings cache"):
+        ge.read_cache(path)
+    assert not marker.exists()
 
 
 def test_broken_cache_file_is_a_clear_error(tmp_path):
