@@ -51,10 +51,9 @@ from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATTERN_ALIASES, PA
                     Config)
 from utils import UserError, _atomic_write, run_cli
 
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size  # a truncated JPEG is an error, and is skipped
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
+COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size
 NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_\d+")
-FOOTWEAR_WORDS = re.compile(r"\b(shoes?|sneakers?|boots?|footwear|heels|sandals?|loafers?|slippers?)\b", re.I)
 KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt", "tee": "t-shirt",
                 "t-shirts": "t-shirt", "dress": "dress", "dresses": "dress", "pants": "pants",
                 "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
@@ -130,7 +129,7 @@ _GROUP_WORDS = {
              r"sweatshirts?|vests?|camisoles?|polos?",
     "lower": r"pants|trousers|jeans|leggings|shorts|skirts?|joggers|tights",
     "outer": r"jackets?|coats?|cardigans?|blazers?|outer clothing",
-    "footwear": FOOTWEAR_WORDS.pattern[3:-3],
+    "footwear": r"shoes?|sneakers?|boots?|footwear|heels|sandals?|loafers?|slippers?",
     "accessory": r"hats?|caps?|glasses|sunglasses|rings?|bracelets?|watch|belts?|scarf|"
                  r"necklaces?|neckwear|bags?|socks|wrist|finger|accessor(?:y|ies)",
 }
@@ -175,13 +174,14 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
                      200 * (f[..., 1] - f[..., 2])], -1)
 
 
-_SHADE_NAMES = [name for name, shades in COLOURS.items() for _ in shades]
+_COLOUR_NAMES = list(COLOURS)
+_SHADE_NAME_ID = np.array([i for i, shades in enumerate(COLOURS.values()) for _ in shades])
 _SHADE_LAB = _srgb_to_lab(np.array([s for shades in COLOURS.values() for s in shades]))
 
 
 @functools.lru_cache(maxsize=1)
 def _shade_lut() -> np.ndarray:
-    """Nearest shade (index into _SHADE_NAMES) of every sRGB colour quantised to 5 bits."""
+    """Nearest shade (index into _SHADE_LAB) of every sRGB colour quantised to 5 bits."""
     levels = np.arange(32) * 8 + 4
     grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
     lab = _srgb_to_lab(grid)
@@ -198,11 +198,8 @@ def name_colour(pixels) -> str:
         raise ValueError("name_colour needs at least one pixel")
     q = px.astype(np.int32) >> 3
     nearest = _shade_lut()[(q[:, 0] << 10) | (q[:, 1] << 5) | q[:, 2]]
-    votes = np.bincount(nearest, minlength=len(_SHADE_NAMES))
-    per_name = Counter()
-    for i, v in enumerate(votes):
-        per_name[_SHADE_NAMES[i]] += int(v)
-    return max(COLOURS, key=lambda n: (per_name[n], -list(COLOURS).index(n)))
+    votes = np.bincount(_SHADE_NAME_ID[nearest], minlength=len(_COLOUR_NAMES))
+    return _COLOUR_NAMES[int(votes.argmax())]  # a tie goes to the name listed first
 
 
 def garment_pixels(crop: np.ndarray) -> np.ndarray:
@@ -407,7 +404,6 @@ def _process(args):
             pass
         if segm is None:
             notes.append("segm map unreadable or of another size (photo kept uncropped)")
-    sx, sy = img.width / orig[0], img.height / orig[1]
     # colours are measured on one fixed decoding of the photo, whatever the cache size,
     # so every cache resolution derives the same captions
     probe = _open_rgb(path, COLOUR_PROBE_SIZE) if size != COLOUR_PROBE_SIZE else img
@@ -428,7 +424,7 @@ def _process(args):
                 return name_colour(probe_px[mask])
         b = scaled(box, probe)
         sq = _square_box(b, margin_) if b is not None else _square_box((0, 0, probe.width, probe.height), 0)
-        return name_colour(garment_pixels(_crop_square(probe, sq, 48)))
+        return name_colour(garment_pixels(_crop_square(probe, sq, COLOUR_PROBE_SIZE)))
 
     out = []
     if job.kind is not None:
@@ -561,6 +557,16 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None,
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def attribute_ids(kinds, colours, patterns) -> torch.Tensor:
+    """(N, 3) long: each sample's class index in KINDS, COLOURS and PATTERNS; -100 (the
+    ignore_index of cross-entropy) for a colour or pattern that is None or unknown."""
+    def index(name, vocabulary):
+        return vocabulary.index(name) if name in vocabulary else -100
+    return torch.tensor([[KINDS.index(k), index(c, list(COLOURS)), index(p, PATTERNS)]
+                         for k, c, p in zip(kinds, colours, patterns)],
+                        dtype=torch.long).reshape(-1, 3)
+
+
 class FashionData:
     """Cached images + caption embeddings, batched on tensors.
 
@@ -599,13 +605,8 @@ class FashionData:
         self.text_count = torch.from_numpy(counts_all[keep])
         self.text_start = torch.cumsum(self.text_count, 0) - self.text_count
         self.emb = self.text_emb[self.text_start]
-        colour_names, pattern_names = list(COLOURS), list(PATTERNS)
-        self.labels = torch.tensor(  # kind, colour, pattern ids (-100: unknown)
-            [[KINDS.index(k), colour_names.index(c), pattern_names.index(p) if p in PATTERNS else -100]
-             for k, c, p in zip(self.kinds, self.colours, self.patterns)], dtype=torch.long)
-        attrs = list(zip(self.kinds, self.colours, self.patterns))
-        attr_names = {a: n for n, a in enumerate(sorted(set(attrs), key=str))}
-        self._attr_id = torch.tensor([attr_names[a] for a in attrs])
+        self.labels = attribute_ids(self.kinds, self.colours, self.patterns)
+        self._attr_id = torch.unique(self.labels, dim=0, return_inverse=True)[1]
         names = sorted(set(self.kinds))
         kind_id = np.array([names.index(k) for k in self.kinds])
         counts = np.bincount(kind_id, minlength=len(names))
@@ -680,12 +681,17 @@ class FashionData:
         return real, mismatched, emb.to(real.device), labels.to(real.device)
 
 
+def caption_texts(index: dict) -> list[str]:
+    """Every derived caption of a prepare() index, sample by sample (what is embedded)."""
+    return [t for caps in index["captions"] for t in caps]
+
+
 def load_data(cfg: Config, size: int, split: str | None = "train", progress: bool = True):
     """Prepare the cache for `size` and pair every sample with its caption embedding."""
     from get_embeddings import lookup
     index = prepare(cfg, size, progress=progress)
     captions, _ = read_captions(cfg.resolved_data_dir())
-    texts = [t for caps in index["captions"] for t in caps]
+    texts = caption_texts(index)
     emb = lookup(texts, captions, cfg.resolved_embeddings_path(), cfg.text_model,
                  data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
         np.zeros((0, cfg.text_dim), np.float32)

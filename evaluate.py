@@ -95,18 +95,13 @@ PATTERN_NAMES = tuple(PATTERNS)
 IGNORE = -100  # target of a sample without the attribute (cross-entropy's ignore_index)
 
 
-def attribute_index(name, vocabulary) -> int:
-    """The class index of `name` in `vocabulary`, or IGNORE for None / an unknown name."""
-    return vocabulary.index(name) if name in vocabulary else IGNORE
-
-
 def attribute_targets(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(kind, colour, pattern) class indices of every sample of `data`, from its
-    `kinds`, `colours` and `patterns` (IGNORE where a sample has no colour / pattern)."""
-    kinds = np.array([KINDS.index(k) for k in data.kinds], dtype=np.int64)
-    colours = np.array([attribute_index(c, COLOUR_NAMES) for c in data.colours], dtype=np.int64)
-    patterns = np.array([attribute_index(p, PATTERN_NAMES) for p in data.patterns], dtype=np.int64)
-    return kinds, colours, patterns
+    `kinds`, `colours` and `patterns` (IGNORE where a sample has no colour / pattern):
+    the labels training uses (datasets.attribute_ids)."""
+    from datasets import attribute_ids
+    ids = attribute_ids(data.kinds, data.colours, data.patterns).numpy()
+    return ids[:, 0], ids[:, 1], ids[:, 2]
 
 
 # ---------------------------------------------------------------------------- metrics

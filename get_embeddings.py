@@ -175,7 +175,7 @@ def main(argv=None):
     p.add_argument("--cache_dir", default=None, help="image cache (default: DATA_DIR/cache)")
     args = p.parse_args(argv)
     from config import Config
-    from datasets import prepare, read_captions
+    from datasets import caption_texts, prepare, read_captions
     try:
         if args.batch_size < 1:
             raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
@@ -183,7 +183,7 @@ def main(argv=None):
         # the training captions are derived per garment sample (datasets.derive_captions),
         # which reads the images: build (or reuse) the 64 px cache that holds them
         index = prepare(Config(data_dir=args.data_dir, cache_dir=args.cache_dir), 64)
-        texts = [t for caps in index["captions"] for t in caps]
+        texts = caption_texts(index)
         out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
         cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
     except UserError as e:

@@ -76,6 +76,8 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from config import PATTERNS as VOCAB_PATTERNS
+
 VERSION = 2
 
 KINDS = ("t-shirt", "dress", "pants", "leggings", "shoes")
@@ -102,13 +104,14 @@ COLORS = {
 PARSING_IDS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 11}
 
 PATTERNS = ("solid", "striped", "dotted", "checked", "floral", "graphic")
-PATTERN_IDS = {"floral": 0, "graphic": 1, "striped": 2, "solid": 3, "checked": 4, "dotted": 5}
 FABRIC_IDS = {"denim": 0, "cotton": 1, "leather": 2, "furry": 3, "knitted": 4, "chiffon": 5, "other": 6}
 NA_TEXTURE = 7
 
 # The vocabulary name (config.PATTERNS) of each pattern drawn here, as labels.csv writes it.
 PATTERN_NAMES = {"solid": "pure color", "striped": "striped", "dotted": "dotted",
                  "checked": "lattice", "floral": "floral", "graphic": "graphic"}
+# its DFMM pattern_ann.txt code: the vocabulary lists the patterns in DFMM's code order
+PATTERN_IDS = {p: VOCAB_PATTERNS.index(name) for p, name in PATTERN_NAMES.items()}
 
 # Words used for a pattern in captions (DFMM says "pure color" and "lattice").
 PATTERN_WORDS = {
