@@ -21,6 +21,7 @@ The models are freshly initialised (speed does not depend on the weights) unless
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -34,10 +35,10 @@ import torch
 from PIL import Image
 
 from config import Config
-from datasets import augment, list_jobs, load_data
+from datasets import list_jobs, load_data
+from main import configure_device, yes_no
 from model import Stage1_G, Stage2_G, build_models
-from utils import (autocast, discriminator_loss, generator_loss, requires_grad, resolve_device,
-                   to_uint8, use_bf16)
+from utils import autocast, resolve_device, to_uint8, use_bf16
 
 
 def sync(device):
@@ -76,69 +77,83 @@ class NaiveDataset(torch.utils.data.Dataset):
 
 
 def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
-    """Images/s of the training step, with data and step time measured apart."""
+    """Images/s of main.train_step, the step training runs (G and D updates, EMA, every
+    loss switch of cfg), fed as training feeds it. Batch assembly ("data") and the step
+    are timed apart, with a device synchronisation between them; on CUDA the images/s
+    come from a second, unsynchronised run, as training runs. Also the work of one step
+    (torch.utils.flop_counter, counted once) and the achieved TFLOP/s."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from main import StepStats, train_step, wrap
     stage1 = Stage1_G(dataclasses.replace(cfg, stage=1)) if cfg.stage == 2 else None
     netG, netD = build_models(cfg, stage1)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     netG.to(device, memory_format=fmt).train()
     netD.to(device, memory_format=fmt).train()
+    ema = copy.deepcopy(netG).eval() if cfg.ema_decay > 0 else None
     optG = torch.optim.Adam([p for p in netG.parameters() if p.requires_grad], cfg.lr_g,
                             betas=(cfg.beta1, cfg.beta2))
     optD = torch.optim.Adam(netD.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    nets = wrap(netG, netD, ema, optG, optD, cfg.compile, 1, device)
     bf16 = use_bf16(cfg.amp, device)
-    gen = torch.Generator().manual_seed(0)
-    if naive is not None:
-        loader = iter(torch.utils.data.DataLoader(naive, batch_size=cfg.batch_size, shuffle=True,
-                                                  num_workers=workers, drop_last=True))
-        emb_all, labels_all = data.emb, data.labels
+    if naive is None:
+        data.to(device)
+    gen = torch.Generator(device=data.device).manual_seed(0)
+    batches = iter(())
 
     def next_batch():
-        nonlocal loader
+        nonlocal batches
         if naive is None:
-            idx = next(data.batches(cfg.batch_size, gen))
+            idx = next(batches, None)
+            if idx is None:
+                batches = data.batches(cfg.batch_size, torch.Generator().manual_seed(0))
+                idx = next(batches)
             return data.batch(idx, cfg, gen, device=device)
-        try:
-            real, wrong, _ = next(loader)
-        except StopIteration:
-            loader = iter(torch.utils.data.DataLoader(naive, batch_size=cfg.batch_size, shuffle=True,
-                                                      num_workers=workers, drop_last=True))
-            real, wrong, _ = next(loader)
-        pick = torch.randint(len(emb_all), (cfg.batch_size,))
-        return real.to(device), wrong.to(device), emb_all[pick].to(device), labels_all[pick].to(device)
+        real, wrong, _ = next(batches, (None, None, None))
+        if real is None:
+            batches = iter(torch.utils.data.DataLoader(naive, batch_size=cfg.batch_size,
+                                                       shuffle=True, num_workers=workers,
+                                                       drop_last=True))
+            real, wrong, _ = next(batches)
+        pick = torch.randint(len(data), (cfg.batch_size,), device=data.device)
+        return real.to(device), wrong.to(device), data.emb[pick].to(device), data.labels[pick].to(device)
+
+    meter = StepStats()
+    sync(device)
+    t = time.perf_counter()
+    for i in range(warmup):  # includes compilation when --compile y
+        meter.add(train_step(nets, next_batch(), cfg, i, bf16))
+    meter.read(warmup)
+    sync(device)
+    warmup_s = time.perf_counter() - t
+    with FlopCounterMode(display=False) as counter:  # the plain modules, counted once
+        train_step(wrap(netG, netD, ema, optG, optD, False, 1, device), next_batch(), cfg, 0, bf16)
+    flops = counter.get_total_flops()
 
     t_data = t_step = 0.0
-    for i in range(warmup + steps):
+    for i in range(steps):
         t0 = time.perf_counter()
-        real, wrong, emb, labels = next_batch()
-        real, wrong = real.contiguous(memory_format=fmt), wrong.contiguous(memory_format=fmt)
+        batch = next_batch()
         sync(device)
         t1 = time.perf_counter()
-        z = torch.randn(cfg.batch_size, cfg.z_dim, device=device)
-        with autocast(device, bf16):
-            fake, mu, logvar = netG(emb, z)
-        d_cond = emb if cfg.d_cond == "text" else mu
-        requires_grad(netD, True)
-        optD.zero_grad(set_to_none=True)
-        with autocast(device, bf16):
-            d_loss, _ = discriminator_loss(netD, real, wrong, fake, d_cond, labels=labels,
-                                           aux_coef=cfg.aux_coef)
-        d_loss.backward()
-        optD.step()
-        requires_grad(netD, False)
-        optG.zero_grad(set_to_none=True)
-        with autocast(device, bf16):
-            g_loss, _ = generator_loss(netD, fake, d_cond, mu, logvar, cfg.kl_coef, labels=labels,
-                                       aux_coef=cfg.aux_coef)
-        g_loss.backward()
-        optG.step()
+        meter.add(train_step(nets, batch, cfg, warmup + i, bf16))
         sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            t_data += t1 - t0
-            t_step += t2 - t1
+        t_data += t1 - t0
+        t_step += time.perf_counter() - t1
+    meter.read(warmup + steps)
+    wall = t_data + t_step
+    if device.type == "cuda":  # as training runs: no synchronisation between steps
+        t = time.perf_counter()
+        for i in range(steps):
+            meter.add(train_step(nets, next_batch(), cfg, i, bf16))
+        meter.read(steps)
+        sync(device)
+        wall = time.perf_counter() - t
     n = steps * cfg.batch_size
-    return {"images_per_s": n / (t_data + t_step), "data_ms_per_step": 1000 * t_data / steps,
-            "step_ms_per_step": 1000 * t_step / steps, "data_share": t_data / (t_data + t_step)}
+    return {"images_per_s": n / wall, "data_ms_per_step": 1000 * t_data / steps,
+            "step_ms_per_step": 1000 * t_step / steps, "data_share": t_data / (t_data + t_step),
+            "warmup_s": warmup_s, "gflop_per_image": flops / cfg.batch_size / 1e9,
+            "tflop_per_s": flops * steps / wall / 1e12}
 
 
 @torch.no_grad()
@@ -200,10 +215,12 @@ def main(argv=None):
     p.add_argument("--gf_dim", type=int, default=128)
     p.add_argument("--df_dim", type=int, default=64)
     p.add_argument("--amp", default="auto", help="bf16 autocast: auto | on | off")
-    p.add_argument("--channels_last", type=int, default=1)
+    p.add_argument("--channels_last", type=yes_no, default=True, help="y: NHWC layout")
+    p.add_argument("--compile", type=yes_no, default=False,
+                   help="y: torch.compile G and D (compilation is timed apart, as warm-up)")
     p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--naive-loader", dest="naive", action="store_true",
+    p.add_argument("--naive_loader", "--naive-loader", dest="naive", action="store_true",
                    help="also time a per-sample PIL-decoding DataLoader beside the cache")
     p.add_argument("--naive_workers", type=int, default=0)
     p.add_argument("--stages", default="1,2", help="which stages to time")
@@ -214,19 +231,18 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
     base = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                   embeddings_path=args.embeddings_path, batch_size=args.batch_size,
                   gf_dim=args.gf_dim, df_dim=args.df_dim, amp=args.amp,
-                  channels_last=bool(args.channels_last))
+                  channels_last=args.channels_last, compile=args.compile)
+    configure_device(base, device)
     if base.data_dir is None:
         from synthetic import ensure_synthetic
         ensure_synthetic(base.builtin_dir, n_per_kind=base.builtin_per_kind)
     bf16 = use_bf16(base.amp, device)
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "bf16": bf16, "channels_last": base.channels_last, "batch_size": base.batch_size,
+               "bf16": bf16, "channels_last": base.channels_last, "compile": base.compile,
+               "batch_size": base.batch_size,
                "gf_dim": base.gf_dim, "df_dim": base.df_dim}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), {results['threads']} threads, bf16 {bf16}, "
@@ -239,12 +255,13 @@ def main(argv=None):
         results[f"stage{stage}_train"] = r
         print(f"stage {stage} train ({cfg.image_size}px): {r['images_per_s']:.1f} img/s | data "
               f"{r['data_ms_per_step']:.1f} ms/step ({100 * r['data_share']:.1f}%) | step "
-              f"{r['step_ms_per_step']:.1f} ms/step")
+              f"{r['step_ms_per_step']:.1f} ms/step | {r['gflop_per_image']:.2f} GFLOP/image, "
+              f"{r['tflop_per_s']:.2f} TFLOP/s | warm-up {r['warmup_s']:.1f} s")
         if args.naive:
             # the straightforward pipeline: Pillow decoding per sample in a DataLoader, and
             # the same networks stepped in plain fp32 with the default memory layout
             naive = NaiveDataset(cfg, cfg.image_size)
-            plain = dataclasses.replace(cfg, amp="off", channels_last=False)
+            plain = dataclasses.replace(cfg, amp="off", channels_last=False, compile=False)
             r = train_throughput(plain, data, device, args.steps, args.warmup, naive,
                                  args.naive_workers)
             results[f"stage{stage}_train_naive"] = r

@@ -543,16 +543,16 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
 
 def augment(x: torch.Tensor, generator: torch.Generator | None = None,
             max_shift: float = 0.06, max_zoom: float = 0.08) -> torch.Tensor:
-    """Random horizontal flip and a small shift/zoom for a whole batch, on tensors."""
+    """Random horizontal flip and a small shift/zoom for a whole batch, on tensors. The
+    random draws come from `generator` on its own device (x's device without one)."""
     b = x.size(0)
-    dev = x.device
-    flip = (torch.rand(b, generator=generator) < 0.5).float().mul(2).sub(1).neg().to(dev)
-    zoom = (1 - torch.rand(b, generator=generator) * max_zoom).to(dev)
-    shift = ((torch.rand(b, 2, generator=generator) * 2 - 1) * max_shift).to(dev)
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0] = zoom * flip
-    theta[:, 1, 1] = zoom
-    theta[:, :, 2] = shift
+    gdev = generator.device if generator is not None else x.device
+    r = torch.rand(b, 4, generator=generator, device=gdev).to(x.device)
+    flip = torch.where(r[:, 0] < 0.5, 1.0, -1.0)
+    zoom = 1 - r[:, 1] * max_zoom
+    shift = (r[:, 2:] * 2 - 1) * max_shift
+    zero = torch.zeros_like(zoom)
+    theta = torch.stack([zoom * flip, zero, shift[:, 0], zero, zoom, shift[:, 1]], 1).view(b, 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
@@ -606,79 +606,122 @@ class FashionData:
         self.text_start = torch.cumsum(self.text_count, 0) - self.text_count
         self.emb = self.text_emb[self.text_start]
         self.labels = attribute_ids(self.kinds, self.colours, self.patterns)
-        self._attr_id = torch.unique(self.labels, dim=0, return_inverse=True)[1]
-        names = sorted(set(self.kinds))
-        kind_id = np.array([names.index(k) for k in self.kinds])
-        counts = np.bincount(kind_id, minlength=len(names))
-        self._kind_id = torch.from_numpy(kind_id)
-        self._kind_order = torch.from_numpy(np.argsort(kind_id, kind="stable"))  # grouped by kind
-        self._kind_count = torch.from_numpy(counts)
-        self._kind_start = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)[:-1]]))
+        # samples ordered by (kind, colour, pattern): each attribute group is one block
+        # inside its kind's block (torch.unique sorts rows, kind first); see wrong_indices
+        attr = torch.unique(self.labels, dim=0, return_inverse=True)[1]
+        group_size = torch.bincount(attr)
+        kind_size = torch.bincount(self.labels[:, 0], minlength=len(KINDS))
+        self._group_order = torch.argsort(attr, stable=True)
+        self._group_start = (torch.cumsum(group_size, 0) - group_size)[attr]
+        self._group_size = group_size[attr]
+        self._kind_start = (torch.cumsum(kind_size, 0) - kind_size)[self.labels[:, 0]]
+        self._kind_size = kind_size[self.labels[:, 0]]
         self.size = index["size"]
+        self.device, self.device_images = torch.device("cpu"), None
 
     def __len__(self):
         return len(self.kinds)
 
+    def to(self, device) -> "FashionData":
+        """Hold what a training batch needs on a CUDA `device`: caption embeddings,
+        attribute tables and, when it fits in half the free device memory, the uint8
+        image cache (DFMM at 256 px is about 8.7 GB). Batches are then assembled there
+        without a host round trip. A no-op for the CPU. Returns self."""
+        device = torch.device(device)
+        if device.type != "cuda":
+            return self
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        shape = (len(self.rows),) + self.images.shape[1:]
+        nbytes = int(np.prod(shape))
+        if nbytes < torch.cuda.mem_get_info(device)[0] // 2:
+            held = torch.empty(shape, dtype=torch.uint8, device=device)
+            for s in range(0, len(self.rows), 1024):  # bounded host memory
+                chunk = np.ascontiguousarray(self.images[self.rows[s:s + 1024]])
+                held[s:s + len(chunk)] = torch.from_numpy(chunk).to(device)
+            self.device_images = held
+        else:
+            print(f"the image cache ({nbytes / 1e9:.1f} GB) does not fit in half the free "
+                  f"memory of {device}: batches are read from the host")
+        for name in ("text_emb", "text_count", "text_start", "emb", "labels", "_group_order",
+                     "_group_start", "_group_size", "_kind_start", "_kind_size"):
+            setattr(self, name, getattr(self, name).to(device))
+        self.device = device
+        return self
+
+    def _idx(self, idx) -> torch.Tensor:
+        """Sample indices as a long tensor on the data's device."""
+        if torch.is_tensor(idx):
+            return idx.to(self.device)
+        return torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
+
     def pixels(self, idx, device=None) -> torch.Tensor:
-        """float (B, 3, H, W) in [-1, 1] for sample indices `idx`, on `device`.
-        uint8 travels to the device (pinned, non-blocking on CUDA); the float
+        """float (B, 3, H, W) in [-1, 1] for sample indices `idx`, on `device` (default:
+        the data's). From the device-held cache when there is one; otherwise uint8 travels
+        from the memory map to the device (pinned, non-blocking on CUDA) and the float
         conversion happens there."""
-        rows = self.rows[np.asarray(idx)]
-        order = np.argsort(rows)  # read the memory map in file order, then restore
-        x = np.empty((len(rows),) + self.images.shape[1:], np.uint8)
-        x[order] = self.images[rows[order]]
-        x = torch.from_numpy(x)
-        if device is not None and torch.device(device).type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
+        device = torch.device(device) if device is not None else self.device
+        if self.device_images is not None:
+            x = self.device_images[self._idx(idx)].to(device)
+        else:
+            rows = self.rows[np.asarray(idx.cpu() if torch.is_tensor(idx) else idx)]
+            order = np.argsort(rows)  # read the memory map in file order, then restore
+            x = np.empty((len(rows),) + self.images.shape[1:], np.uint8)
+            x[order] = self.images[rows[order]]
+            x = torch.from_numpy(x)
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
         return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1)
 
-    def wrong_indices(self, idx, generator=None, same_kind: float = 0.5,
-                      tries: int = 20) -> np.ndarray:
-        """For each i in idx, a j that differs from i in kind, colour or pattern.
+    def wrong_indices(self, idx, generator=None, same_kind: float = 0.5) -> torch.Tensor:
+        """For each i in idx, a j that differs from i in kind, colour or pattern, drawn
+        uniformly from those samples (two random numbers per i, no loop, no branch: no
+        device synchronisation).
 
         A share `same_kind` of the j are drawn from i's own garment kind, so the
         discriminator also learns to reject a dress of the wrong colour or pattern, not
-        only the wrong kind of garment."""
-        idx = torch.as_tensor(np.asarray(idx))
-        j = torch.randint(len(self), idx.shape, generator=generator)
-        hard = torch.rand(idx.shape, generator=generator) < same_kind
-        kid = self._kind_id[idx]
-        for t in range(tries):
-            if t < tries // 2 and hard.any():  # same-kind candidates first, vectorised
-                r = torch.rand(idx.shape, generator=generator)
-                pick = self._kind_order[self._kind_start[kid] + (r * self._kind_count[kid]).long()]
-                j = torch.where(hard, pick, j)
-            bad = self._attr_id[idx] == self._attr_id[j]
-            if not bad.any():
-                break
-            hard &= bad
-            j[bad] = torch.randint(len(self), (int(bad.sum()),), generator=generator)
-        return j.numpy()
+        only the wrong kind of garment. The samples are ordered by attribute group, kind
+        first, so i's group is a block inside its kind's block and "every sample but
+        that block" is a range with a hole: a uniform draw below the range's size
+        skips the hole. With one group only, no such j exists and i's group is used."""
+        idx = self._idx(idx)
+        u = torch.rand((2,) + idx.shape, generator=generator, device=self.device)
+        g0, gn = self._group_start[idx], self._group_size[idx]
+        k0, kn = self._kind_start[idx], self._kind_size[idx]
+        in_kind = (u[0] < same_kind) & (kn > gn)
+        base = torch.where(in_kind, k0, torch.zeros_like(k0))
+        span = torch.where(in_kind, kn, torch.full_like(kn, len(self))) - gn
+        pos = base + (u[1] * span).long()
+        pos = pos + gn * (pos >= g0)
+        return self._group_order[pos.clamp_(max=len(self) - 1)]
 
     def caption_emb(self, idx, generator=None) -> torch.Tensor:
         """(B, D): for each sample in idx, the embedding of one of its captions, drawn
         uniformly (as StackGAN draws one of a CUB image's ten captions)."""
-        idx = torch.as_tensor(np.asarray(idx))
-        pick = (torch.rand(idx.shape, generator=generator) * self.text_count[idx]).long()
+        idx = self._idx(idx)
+        r = torch.rand(idx.shape, generator=generator, device=self.device)
+        pick = (r * self.text_count[idx]).long()
         return self.text_emb[self.text_start[idx] + pick]
 
     def batches(self, batch_size: int, generator=None, rank: int = 0, world: int = 1):
-        """One epoch of shuffled index batches (drop_last), split across `world` ranks."""
-        perm = torch.randperm(len(self), generator=generator).numpy()
+        """One epoch of shuffled index batches (drop_last, long tensors on the data's
+        device), split across `world` ranks. `generator` is a CPU generator."""
+        perm = torch.randperm(len(self), generator=generator).to(self.device)
         per = batch_size * world
         for s in range(0, len(perm) - per + 1, per):
             yield perm[s + rank * batch_size: s + (rank + 1) * batch_size]
 
     def batch(self, idx, cfg: Config, generator=None, augment_images: bool = True, device=None):
         """(real images, wrong images, text embeddings, attribute labels (B, 3)) for
-        sample indices `idx`: each sample's text is one of its captions, drawn at random."""
+        sample indices `idx`: each sample's text is one of its captions, drawn at random.
+        Random draws come from `generator` on the data's device."""
+        idx = self._idx(idx)
         wrong = self.wrong_indices(idx, generator, cfg.wrong_same_kind)
         real, mismatched = self.pixels(idx, device), self.pixels(wrong, device)
         if augment_images:
             real, mismatched = augment(real, generator), augment(mismatched, generator)
         emb = self.caption_emb(idx, generator)
-        labels = self.labels[torch.as_tensor(np.asarray(idx))]
-        return real, mismatched, emb.to(real.device), labels.to(real.device)
+        return real, mismatched, emb.to(real.device), self.labels[idx].to(real.device)
 
 
 def caption_texts(index: dict) -> list[str]:

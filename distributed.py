@@ -18,6 +18,11 @@ def setup(device_name: str = "auto"):
         return 0, 1, None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    if use_cuda and local_rank >= torch.cuda.device_count():
+        from utils import UserError
+        raise UserError(f"{world} processes on this node need {local_rank + 1} GPUs or more, it "
+                        f"has {torch.cuda.device_count()}: start one process per GPU, or pass "
+                        "--device cpu")
     if use_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
@@ -38,24 +43,18 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
-def is_main() -> bool:
-    return get_rank() == 0
-
-
 def barrier():
     if is_dist():
         dist.barrier()
 
 
-def reduce_mean(stats: dict, device) -> dict:
-    """Average a dict of floats over all ranks (for logging)."""
-    if not is_dist() or not stats:
-        return stats
-    keys = sorted(stats)
-    t = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64, device=device)
+def all_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over all ranks (itself in a single process)."""
+    if not is_dist():
+        return t
+    t = t.clone()
     dist.all_reduce(t)
-    t /= get_world_size()
-    return dict(zip(keys, t.tolist()))
+    return t / get_world_size()
 
 
 def any_flag(flag: bool, device) -> bool:

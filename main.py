@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import math
 import re
 import signal
 import sys
@@ -202,7 +203,10 @@ def rng_state(gen: torch.Generator) -> dict:
 
 def set_rng_state(state: dict, gen: torch.Generator):
     torch.set_rng_state(state["torch"])
-    gen.set_state(state["gen"])
+    try:
+        gen.set_state(state["gen"])
+    except RuntimeError:  # saved on another kind of device: that stream starts afresh
+        print("note: the checkpoint's data random state is of another device; not restored")
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -234,8 +238,6 @@ class StopSignal:
 def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     """One loop for both stages. Returns {"checkpoint": path, "netG", "netD", "netG_ema",
     "step"} (the modules of this rank, unwrapped)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     import distributed as dist
     from datasets import load_data, prepare
     from model import Stage1_G, build_models
@@ -307,7 +309,6 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     optD = torch.optim.Adam(netD.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
     schedG = torch.optim.lr_scheduler.StepLR(optG, cfg.lr_decay_epoch, gamma=0.5)
     schedD = torch.optim.lr_scheduler.StepLR(optD, cfg.lr_decay_epoch, gamma=0.5)
-    gen = torch.Generator().manual_seed(cfg.seed + rank)  # augmentation and "wrong" pairs
     torch.manual_seed(cfg.seed + rank)  # noise and condition samples differ per rank
     start_epoch, start_batch, step = 0, 0, 0
     if state is not None:
@@ -318,11 +319,8 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         for obj, key in ((optG, "optG"), (optD, "optD"), (schedG, "schedG"), (schedD, "schedD")):
             obj.load_state_dict(state[key])
         start_epoch, start_batch, step = state["epoch"], state.get("batch", 0), state["step"]
-        if state.get("rng") and world == 1:
-            set_rng_state(state["rng"], gen)
         print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {step}")
 
-    cuda = device.type == "cuda"
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     for m in (netG, netD, netG_ema):
         if m is not None:
@@ -334,17 +332,16 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                     st[k] = v.to(device)
     netG.train()
     netD.train()
-    rawG, rawD = netG, netD
-    if cfg.compile:
-        netG, netD = torch.compile(netG), torch.compile(netD)
-    if world > 1:
-        ids = [device.index] if cuda else None
-        netG, netD = DDP(netG, device_ids=ids), DDP(netD, device_ids=ids)
-    plainD = netD.module if world > 1 else netD  # G's step needs no gradient sync of D
+    nets = wrap(netG, netD, netG_ema, optG, optD, cfg.compile, world, device)
+    data.to(device)  # CUDA: the image cache and every table on the device when they fit
+    gen = torch.Generator(device=data.device).manual_seed(cfg.seed + rank)  # augmentation, "wrong" pairs
+    if state is not None and state.get("rng") and world == 1:
+        set_rng_state(state["rng"], gen)
     bf16 = use_bf16(cfg.amp, device)
     if main_proc:
         print(f"device {device}, bf16 autocast {'on' if bf16 else 'off'}, "
-              f"{'channels-last' if cfg.channels_last else 'contiguous'} layout"
+              f"{'channels-last' if cfg.channels_last else 'contiguous'} layout, image cache on "
+              f"{'the device' if data.device_images is not None else 'the host'}"
               + (f", {world} processes" if world > 1 else ""))
 
     run = None
@@ -357,25 +354,31 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                               generator=torch.Generator().manual_seed(cfg.seed + 999)).to(device)
     last = out / "last.pt"
 
-    def checkpoint(epoch, batch, tag=None):
-        ckpt = {"netG": rawG.state_dict(), "netD": rawD.state_dict(),
+    def save(epoch, batch, tag):
+        """Refresh the EMA generator's BatchNorm statistics, then write last.pt, a tagged
+        copy and the sample grid (rank 0; every rank first takes rank 0's buffers)."""
+        dist.sync_buffers(netG, netD, netG_ema)
+        if not main_proc:
+            return
+        if netG_ema is not None:
+            standing_stats(netG_ema, data.text_emb, n_batches=16, batch_size=cfg.batch_size,
+                           seed=cfg.seed, bf16=bf16)
+        ckpt = {"netG": netG.state_dict(), "netD": netD.state_dict(),
                 "netG_ema": netG_ema.state_dict() if netG_ema is not None else None,
                 "optG": optG.state_dict(), "optD": optD.state_dict(),
                 "schedG": schedG.state_dict(), "schedD": schedD.state_dict(),
                 "epoch": epoch, "batch": batch, "step": step, "rng": rng_state(gen),
                 "config": cfg.to_dict(), "wandb_id": run.id if run is not None else None,
                 "stage1_config": stage1_cfg.to_dict() if stage1_cfg else None}
-        if tag:
-            save_checkpoint(ckpt, out / "checkpoints" / f"{tag}.pt")
-        return save_checkpoint(ckpt, last)
-
-    def refresh_ema():
-        """BatchNorm statistics that fit the EMA weights, before they are saved or drawn."""
-        if netG_ema is not None:
-            standing_stats(netG_ema, data.text_emb, n_batches=16,
-                           batch_size=cfg.batch_size, seed=cfg.seed, bf16=bf16)
+        save_checkpoint(ckpt, out / "checkpoints" / f"{tag}.pt")
+        save_checkpoint(ckpt, last)
+        with autocast(device, bf16):
+            write_snapshot(netG if netG_ema is None else netG_ema, data, rows, fixed_noise,
+                           out / "samples" / f"{tag}.png", cfg.stage)
+        log.flush()
 
     steps_per_epoch = len(data) // (cfg.batch_size * world)
+    meter = StepStats()
     t0 = time.time()
     stopped = False
     try:
@@ -389,51 +392,19 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                 for i, idx in enumerate(bar):
                     if i < skip:
                         continue
-                    real, wrong, emb, labels = data.batch(idx, cfg, gen, device=device)
-                    if fmt is torch.channels_last:
-                        real = real.contiguous(memory_format=fmt)
-                        wrong = wrong.contiguous(memory_format=fmt)
-                    z = torch.randn(len(idx), cfg.z_dim, device=device)
-                    with autocast(device, bf16):
-                        fake, mu, logvar = netG(emb, z)
-                    d_cond = emb if cfg.d_cond == "text" else mu  # what D reads the text from
-
-                    requires_grad(rawD, True)
-                    optD.zero_grad(set_to_none=True)
-                    with autocast(device, bf16):
-                        d_loss, d_stats = discriminator_loss(netD, real, wrong, fake, d_cond,
-                                                             cfg.loss, cfg.diffaug, cfg.r1_gamma,
-                                                             labels, cfg.aux_coef)
-                    apply_update(optD, d_loss, d_stats, step)
-
-                    requires_grad(rawD, False)
-                    optG.zero_grad(set_to_none=True)
-                    with autocast(device, bf16):
-                        g_loss, g_stats = generator_loss(plainD, fake, d_cond, mu, logvar,
-                                                         cfg.kl_coef, cfg.loss, cfg.diffaug,
-                                                         labels, cfg.aux_coef)
-                    apply_update(optG, g_loss, g_stats, step)
-                    if netG_ema is not None:
-                        accumulate(netG_ema, rawG, ema_decay(cfg.ema_decay, step))
+                    meter.add(train_step(nets, data.batch(idx, cfg, gen, device=device), cfg,
+                                         step, bf16))
                     step += 1
-
-                    if step % cfg.log_interval == 0 or i + 1 == steps_per_epoch:
-                        stats = dist.reduce_mean({**d_stats, **g_stats}, device)
+                    stopped = dist.any_flag(stop.flag or 0 < cfg.max_steps <= step, device)
+                    if step % cfg.log_interval == 0 or i + 1 == steps_per_epoch or stopped:
+                        stats = meter.read(step)  # the only wait for the device; raises on NaN
                         if main_proc:
                             log.log(step, {**stats, "lr_g": optG.param_groups[0]["lr"],
                                            "epoch": epoch + 1})
                             bar.set_postfix(d=f"{stats['d_loss']:.3f}", g=f"{stats['g_adv']:.3f}",
                                             kl=f"{stats['kl']:.4f}")
-                    if dist.any_flag(stop.flag or (cfg.max_steps and step >= cfg.max_steps), device):
-                        stopped = True
-                        dist.sync_buffers(rawG, rawD, netG_ema)
-                        if main_proc:
-                            refresh_ema()
-                            checkpoint(epoch, i + 1, "interrupted")
-                            with autocast(device, bf16):
-                                write_snapshot(rawG if netG_ema is None else netG_ema, data, rows,
-                                               fixed_noise, out / "samples" / "interrupted.png",
-                                               cfg.stage)
+                    if stopped:
+                        save(epoch, i + 1, "interrupted")
                         break
                 if stopped:
                     break
@@ -441,17 +412,8 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                     warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                     schedG.step()
                     schedD.step()
-                snap = (epoch + 1) % cfg.snapshot_interval == 0 or epoch + 1 == cfg.epochs
-                if snap:
-                    dist.sync_buffers(rawG, rawD, netG_ema)
-                if main_proc and snap:
-                    refresh_ema()
-                    with autocast(device, bf16):
-                        write_snapshot(rawG if netG_ema is None else netG_ema, data, rows,
-                                       fixed_noise, out / "samples" / f"epoch_{epoch + 1:04d}.png",
-                                       cfg.stage)
-                    checkpoint(epoch + 1, 0, f"epoch_{epoch + 1:04d}")
-                    log.flush()
+                if (epoch + 1) % cfg.snapshot_interval == 0 or epoch + 1 == cfg.epochs:
+                    save(epoch + 1, 0, f"epoch_{epoch + 1:04d}")
     except Diverged as e:
         have = last.is_file() and main_proc
         raise UserError(f"training diverged at step {e.step} (non-finite loss: {e.stats}); "
@@ -472,7 +434,93 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     elif main_proc:
         print(f"done in {time.time() - t0:.0f}s: checkpoint {last}, samples in {out / 'samples'}, "
               f"loss log {out / 'losses.csv'}")
-    return {"checkpoint": last, "netG": rawG, "netD": rawD, "netG_ema": netG_ema, "step": step}
+    return {"checkpoint": last, "netG": netG, "netD": netD, "netG_ema": netG_ema, "step": step}
+
+
+@dataclasses.dataclass
+class Nets:
+    """What one training step updates. `G` and `D` are the modules the step calls
+    (compiled and/or DDP-wrapped); `D_for_G` is D as G's loss reads it (no DDP gradient
+    sync); `raw_G`, `raw_D` the plain modules (weights, requires_grad, EMA source)."""
+    G: torch.nn.Module
+    D: torch.nn.Module
+    D_for_G: torch.nn.Module
+    raw_G: torch.nn.Module
+    raw_D: torch.nn.Module
+    ema_G: torch.nn.Module | None
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+
+
+def wrap(netG, netD, netG_ema, optG, optD, compile_: bool, world: int, device) -> Nets:
+    """The step's view of the networks: torch.compile'd when asked, DDP across ranks."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    G, D = (torch.compile(netG), torch.compile(netD)) if compile_ else (netG, netD)
+    D_for_G = D
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
+    return Nets(G, D, D_for_G, netG, netD, netG_ema, optG, optD)
+
+
+def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
+    """One StackGAN step on (real, wrong, text, labels): D learns matching pairs from
+    wrong and generated ones, G learns to fool it (+ KL and the attribute term), the EMA
+    of G follows. Returns the detached loss terms as device tensors: nothing here waits
+    for the device (StepStats.read checks them for NaN when they are logged)."""
+    real, wrong, emb, labels = batch
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    real, wrong = real.contiguous(memory_format=fmt), wrong.contiguous(memory_format=fmt)
+    dev = real.device
+    z = torch.randn(len(real), cfg.z_dim, device=dev)
+    with autocast(dev, bf16):
+        fake, mu, logvar = nets.G(emb, z)
+    d_cond = emb if cfg.d_cond == "text" else mu  # what D reads the text from
+
+    requires_grad(nets.raw_D, True)
+    nets.opt_D.zero_grad(set_to_none=True)
+    with autocast(dev, bf16):
+        d_loss, d_stats = discriminator_loss(nets.D, real, wrong, fake, d_cond, cfg.loss,
+                                             cfg.diffaug, cfg.r1_gamma, labels, cfg.aux_coef)
+    d_loss.backward()
+    nets.opt_D.step()
+
+    requires_grad(nets.raw_D, False)
+    nets.opt_G.zero_grad(set_to_none=True)
+    with autocast(dev, bf16):
+        g_loss, g_stats = generator_loss(nets.D_for_G, fake, d_cond, mu, logvar, cfg.kl_coef,
+                                         cfg.loss, cfg.diffaug, labels, cfg.aux_coef)
+    g_loss.backward()
+    nets.opt_G.step()
+    if nets.ema_G is not None:
+        accumulate(nets.ema_G, nets.raw_G, ema_decay(cfg.ema_decay, step))
+    return {**d_stats, **g_stats}
+
+
+class StepStats:
+    """Loss terms summed on the device over a log interval. `read` averages them (over
+    the interval and the ranks) with one host synchronisation, and raises Diverged when
+    any step's loss was not finite: a NaN anywhere in the interval makes the sum NaN,
+    and no checkpoint is written after such a step."""
+
+    def __init__(self):
+        self.sums, self.n = {}, 0
+
+    def add(self, stats: dict):
+        self.sums = {k: self.sums.get(k, 0) + v.float() for k, v in stats.items()}
+        self.n += 1
+
+    def read(self, step: int) -> dict:
+        import distributed as dist
+        if not self.n:
+            return {}
+        keys = sorted(self.sums)
+        means = dist.all_mean(torch.stack([self.sums[k] for k in keys]) / self.n)
+        stats = dict(zip(keys, means.tolist()))
+        self.sums, self.n = {}, 0
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise Diverged(step, stats)
+        return stats
 
 
 def ema_decay(decay: float, step: int) -> float:
@@ -486,15 +534,6 @@ class Diverged(Exception):
     def __init__(self, step, stats):
         super().__init__(step)
         self.step, self.stats = step, {k: round(v, 4) for k, v in stats.items()}
-
-
-def apply_update(opt, loss, stats, step):
-    """Backward and optimizer step, refused (before any weight changes) for a
-    non-finite loss."""
-    if not torch.isfinite(loss):
-        raise Diverged(step, stats)
-    loss.backward()
-    opt.step()
 
 
 # ------------------------------------------------------------------------ generation

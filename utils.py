@@ -211,12 +211,14 @@ def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
 
 def attribute_loss(aux, labels) -> torch.Tensor:
     """Cross-entropy of D's (kind, colour, pattern) logits against labels (B, 3); a
-    label of -100 (unknown, e.g. a pattern the caption does not give) is ignored."""
-    total = 0.0
+    label of -100 (unknown, e.g. a pattern the caption does not give) is ignored, and a
+    head whose labels are all unknown adds 0. No host synchronisation."""
+    total = torch.zeros((), device=labels.device)
     for logits, target in zip(aux, labels.unbind(1)):
-        if (target >= 0).any():
-            total = total + F.cross_entropy(logits.float(), target, ignore_index=-100)
-    return torch.as_tensor(total, device=labels.device, dtype=torch.float32)
+        known = (target >= 0).sum().clamp(min=1)
+        total = total + F.cross_entropy(logits.float(), target, ignore_index=-100,
+                                        reduction="sum") / known
+    return total
 
 
 def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug: str = "",
@@ -230,6 +232,8 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
     `r1_gamma` adds the R1 penalty gamma/2 * E|grad_x D(x, text)|^2 on real images;
     `aux_coef` > 0 adds the attribute cross-entropy of the real images (`labels`: kind,
     colour, pattern per image) when D has auxiliary heads.
+    Returns (loss, stats): stats are detached 0-dim tensors on the loss's device, so
+    that no step waits for the device; read them only when logging.
     """
     cond = cond.detach()
     real_in = diff_augment(real, diffaug)
@@ -244,21 +248,21 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
         l_real = l_real + _d_term(real_u, True, loss)
         l_fake = l_fake + _d_term(fake_u, False, loss)
     total = l_real + 0.5 * (l_wrong + l_fake)
-    stats = {"d_real": l_real.item(), "d_wrong": l_wrong.item(), "d_fake": l_fake.item(),
-             "d_real_prob": torch.sigmoid(real_c.float()).mean().item(),
-             "d_fake_prob": torch.sigmoid(fake_c.float()).mean().item()}
+    stats = {"d_real": l_real, "d_wrong": l_wrong, "d_fake": l_fake,
+             "d_real_prob": torch.sigmoid(real_c.float()).mean(),
+             "d_fake_prob": torch.sigmoid(fake_c.float()).mean()}
     if aux_coef > 0 and real_a is not None and labels is not None:
         l_aux = attribute_loss(real_a, labels)
         total = total + aux_coef * l_aux
-        stats["d_aux"] = l_aux.item()
+        stats["d_aux"] = l_aux
     if r1_gamma > 0:
         out = real_c.float().sum() + (real_u.float().sum() if real_u is not None else 0)
         grad, = torch.autograd.grad(out, real_in, create_graph=True)
         r1 = grad.float().pow(2).flatten(1).sum(1).mean()
         total = total + 0.5 * r1_gamma * r1
-        stats["r1"] = r1.item()
-    stats["d_loss"] = total.item()
-    return total, stats
+        stats["r1"] = r1
+    stats["d_loss"] = total
+    return total, {k: v.detach() for k, v in stats.items()}
 
 
 def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bce",
@@ -272,13 +276,13 @@ def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bc
         l_adv = l_adv + _g_term(fake_u, loss)
     l_kl = kl_loss(mu, logvar)
     total = l_adv + kl_coef * l_kl
-    stats = {"g_adv": l_adv.item(), "kl": l_kl.item()}
+    stats = {"g_adv": l_adv, "kl": l_kl}
     if aux_coef > 0 and fake_a is not None and labels is not None:
         l_aux = attribute_loss(fake_a, labels)
         total = total + aux_coef * l_aux
-        stats["g_aux"] = l_aux.item()
-    stats["g_loss"] = total.item()
-    return total, stats
+        stats["g_aux"] = l_aux
+    stats["g_loss"] = total
+    return total, {k: v.detach() for k, v in stats.items()}
 
 
 # --------------------------------------------------------------------------- grids

@@ -7,7 +7,7 @@ def test_bench_reports_every_figure(dfmm, tmp_path):
     root, _ = dfmm
     out = tmp_path / "bench.json"
     r = bench.main(["--data_dir", str(root), "--gf_dim", "4", "--df_dim", "4", "--batch_size", "4",
-                    "--steps", "2", "--warmup", "1", "--naive-loader", "--stages", "1",
+                    "--steps", "2", "--warmup", "1", "--naive_loader", "--stages", "1",
                     "--n_images", "6", "--gen_batch", "4", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert saved == json.loads(json.dumps(r))

@@ -112,7 +112,7 @@ def test_discriminator_and_generator_losses():
                                      x, x, x, c)
     expect = bce(2.0, 1) + 0.5 * (bce(0.5, 0) + bce(-1.0, 0))
     assert loss.item() == pytest.approx(expect, rel=1e-6)
-    assert stats["d_wrong"] == pytest.approx(bce(0.5, 0), rel=1e-6)
+    assert float(stats["d_wrong"]) == pytest.approx(bce(0.5, 0), rel=1e-6)
     # Stage II adds the unconditional terms to real and fake
     loss, _ = discriminator_loss(FixedD([(t(2.0), t(1.0)), (t(0.5), t(9.0)), (t(-1.0), t(0.3))]),
                                  x, x, x, c)
@@ -121,7 +121,7 @@ def test_discriminator_and_generator_losses():
     mu, logvar = torch.tensor([[1.0]]), torch.tensor([[0.0]])
     loss, stats = generator_loss(FixedD([(t(-1.0), t(0.5))]), x, c, mu, logvar, kl_coef=2.0)
     assert loss.item() == pytest.approx(bce(-1.0, 1) + bce(0.5, 1) + 2.0 * 0.5, rel=1e-6)
-    assert stats["kl"] == pytest.approx(0.5)
+    assert float(stats["kl"]) == pytest.approx(0.5)
 
 
 def test_discriminator_loss_trains_d_only():
@@ -165,7 +165,7 @@ def test_r1_penalty_matches_hand_value():
     real = torch.randn(5, 3, 4, 4)
     loss0, _ = discriminator_loss(LinearD(w), real, real, real, torch.zeros(5, 2))
     loss, stats = discriminator_loss(LinearD(w), real, real, real, torch.zeros(5, 2), r1_gamma=10.0)
-    assert stats["r1"] == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+    assert float(stats["r1"]) == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
     assert loss.item() == pytest.approx(loss0.item() + 5.0 * w.pow(2).sum().item(), rel=1e-5)
     loss.backward()  # the penalty is differentiable in D's weights
 
@@ -322,13 +322,13 @@ def test_attribute_loss_and_its_terms():
     d = AuxD([real, (t([0.5]), None, None), (t([-1.0]), None, None)])
     without, _ = discriminator_loss(d, x, x, x, c)
     assert with_aux.item() == pytest.approx(without.item() + 2.0 * expect, rel=1e-5)
-    assert stats["d_aux"] == pytest.approx(expect, rel=1e-5)
+    assert float(stats["d_aux"]) == pytest.approx(expect, rel=1e-5)
     mu = logvar = torch.zeros(1, 2)
     g_with, g_stats = generator_loss(AuxD([(t([0.3]), None, logits)]), x, c, mu, logvar, 2.0,
                                      labels=labels, aux_coef=0.5)
     g_without, _ = generator_loss(AuxD([(t([0.3]), None, logits)]), x, c, mu, logvar, 2.0)
     assert g_with.item() == pytest.approx(g_without.item() + 0.5 * expect, rel=1e-5)
-    assert g_stats["g_aux"] == pytest.approx(expect, rel=1e-5)
+    assert float(g_stats["g_aux"]) == pytest.approx(expect, rel=1e-5)
 
 
 def test_ema_decay_warms_up():

@@ -150,7 +150,9 @@ def test_ddp_two_processes_end_with_identical_weights(dfmm, tmp_path):
     argv = ["--train", "y"] + tiny_args(root, tmp_path / "o")
     assert main.main(argv + ["--max_steps", "1", "--out_dir", str(tmp_path / "warm")]) == 0
     out_file = str(tmp_path / "weights")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), argv + ["--batch_size", "4"], out_file),
+    # two CPU ranks (gloo): the same on a machine with one GPU, none or several
+    mp.spawn(_ddp_worker, args=(2, _free_port(), argv + ["--batch_size", "4", "--device", "cpu"],
+                                out_file),
              nprocs=2, join=True)
     w0, w1 = torch.load(out_file + ".0"), torch.load(out_file + ".1")
     assert w0["step"] == w1["step"] > 0
