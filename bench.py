@@ -84,16 +84,15 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
     (torch.utils.flop_counter, counted once) and the achieved TFLOP/s."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from main import StepStats, train_step, wrap
+    from main import StepStats, adam, train_step, wrap
     stage1 = Stage1_G(dataclasses.replace(cfg, stage=1)) if cfg.stage == 2 else None
     netG, netD = build_models(cfg, stage1)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     netG.to(device, memory_format=fmt).train()
     netD.to(device, memory_format=fmt).train()
     ema = copy.deepcopy(netG).eval() if cfg.ema_decay > 0 else None
-    optG = torch.optim.Adam([p for p in netG.parameters() if p.requires_grad], cfg.lr_g,
-                            betas=(cfg.beta1, cfg.beta2))
-    optD = torch.optim.Adam(netD.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+    optG = adam([p for p in netG.parameters() if p.requires_grad], cfg.lr_g, cfg)
+    optD = adam(netD.parameters(), cfg.lr_d, cfg)
     nets = wrap(netG, netD, ema, optG, optD, cfg.compile, 1, device)
     bf16 = use_bf16(cfg.amp, device)
     if naive is None:

@@ -717,9 +717,10 @@ class FashionData:
         Random draws come from `generator` on the data's device."""
         idx = self._idx(idx)
         wrong = self.wrong_indices(idx, generator, cfg.wrong_same_kind)
-        real, mismatched = self.pixels(idx, device), self.pixels(wrong, device)
+        both = self.pixels(torch.cat([idx, wrong]), device)  # one gather, one augmentation
         if augment_images:
-            real, mismatched = augment(real, generator), augment(mismatched, generator)
+            both = augment(both, generator)
+        real, mismatched = both.chunk(2)
         emb = self.caption_emb(idx, generator)
         return real, mismatched, emb.to(real.device), self.labels[idx].to(real.device)
 

@@ -93,8 +93,9 @@ def accumulate(ema: torch.nn.Module, model: torch.nn.Module, decay: float):
     statistics) are copied."""
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()],
                          1 - decay)
-    for be, b in zip(ema.buffers(), model.buffers()):
-        be.copy_(b)
+    buffers = list(ema.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 @torch.no_grad()
