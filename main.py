@@ -324,10 +324,10 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     for m in (netG, netD, netG_ema):
         if m is not None:
             m.to(device, memory_format=fmt)
-    for opt in (optG, optD):  # optimizer state follows the parameters' device
+    for opt in (optG, optD):  # optimizer state follows the parameters' (fused Adam: its step too)
         for st in opt.state.values():
             for k, v in st.items():
-                if torch.is_tensor(v) and k != "step":
+                if torch.is_tensor(v):
                     st[k] = v.to(device)
     netG.train()
     netD.train()
