@@ -436,9 +436,10 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     return {"checkpoint": last, "netG": netG, "netD": netD, "netG_ema": netG_ema, "step": step}
 
 
-def adam(params, lr: float, cfg: Config) -> torch.optim.Adam:
-    """Adam with the fused kernel (one launch per step for all parameters)."""
-    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+def adam(params, lr: float, cfg: Config, fused: bool = False) -> torch.optim.Adam:
+    """Adam as StackGAN sets it (multi-tensor kernels; fused=True: one fused kernel,
+    slower than the default on a CPU)."""
+    return torch.optim.Adam(params, lr=lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 @dataclasses.dataclass
