@@ -28,7 +28,6 @@ memory map and augments on tensors (flip, small shift/zoom).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import hashlib
@@ -47,8 +46,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATTERN_ALIASES, PATTERNS,
-                    Config)
+from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATH, PATTERN_ALIASES, PATTERNS,
+                    TEXT, CliParser, Config, flag_type, power_of_two, whole)
 from utils import UserError, _atomic_write, run_cli
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
@@ -714,19 +713,18 @@ def show_samples(index: dict, n: int) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Count the garment kinds of a DFMM-layout folder "
-                                            "and build its image cache.")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--size", type=int, default=64, help="cache resolution to build (default 64)")
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--show", type=int, default=0, metavar="N",
+    p = CliParser(description="Count the garment kinds of a DFMM-layout folder and build its "
+                              "image cache.")
+    p.add_argument("--data_dir", required=True, type=flag_type(TEXT))
+    p.add_argument("--size", type=flag_type(power_of_two(8, 2048)), default=64,
+                   help="cache resolution to build (default 64)")
+    p.add_argument("--cache_dir", type=flag_type(PATH), default=None)
+    p.add_argument("--show", type=flag_type(whole(0, 100_000)), default=0, metavar="N",
                    help="also print N samples with their source caption and derived captions")
-    args = p.parse_args(argv)
 
     def job():
-        if args.size < 4 or args.show < 0:
-            raise UserError("--size must be at least 4 and --show at least 0")
-        cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir)
+        args = p.parse_args(argv)
+        cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir).validate()
         index = prepare(cfg, args.size)
         counts = Counter(index["kinds"])
         for kind in KINDS:

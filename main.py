@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
+from config import (ARCH_FIELDS, BUILTIN_PRESET, FIELD_RULES, KINDS, CliParser, Config,
+                    flag_type, yes_no)
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
                    discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
                    requires_grad, resolve_device, run_cli, save_checkpoint, save_grid, set_seed,
@@ -50,18 +51,9 @@ DEBUG = dict(epochs=1, max_samples=64, batch_size=16, gf_dim=8, df_dim=8, snapsh
 
 # ---------------------------------------------------------------------------- CLI
 
-def yes_no(v: str) -> bool:
-    v = v.strip().lower()
-    if v in ("y", "yes", "true", "1"):
-        return True
-    if v in ("n", "no", "false", "0"):
-        return False
-    raise argparse.ArgumentTypeError("expected y or n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Text-to-fashion StackGAN: train or generate.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(description="Text-to-fashion StackGAN: train or generate.",
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train", type=yes_no, default=True, help="y: train; n: generate sample grids")
     p.add_argument("--stage", type=int, choices=(1, 2), default=None,
                    help="1: 64px Stage I; 2: 256px Stage II (training default 1; generation: "
@@ -88,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Config):
         if f.name in given or f.type not in ("int", "float", "str", "bool", "Optional[str]"):
             continue
-        typ = {"int": int, "float": float, "bool": yes_no}.get(f.type, str)
-        p.add_argument(f"--{f.name}", type=typ, default=None,
+        p.add_argument(f"--{f.name}", type=flag_type(FIELD_RULES[f.name]), default=None,
                        help=f"(config, default {f.default!r})")
     return p
 
@@ -104,11 +95,7 @@ def make_config(args) -> tuple[Config, set]:
     if args.debug:
         values.update(DEBUG)
     values.update(explicit)
-    try:
-        cfg = Config(**values).validate()
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    return cfg, set(explicit)
+    return Config(**values).validate(), set(explicit)
 
 
 # ---------------------------------------------------------------------------- models
@@ -591,9 +578,8 @@ def generate(cfg: Config, net_g, prompts, stage=None, name: str = "grid") -> Pat
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
     def job():
+        args = build_parser().parse_args(argv)
         cfg, explicit = make_config(args)
         if args.train:
             train(dataclasses.replace(cfg, stage=args.stage or 1), explicit, args.stage1_g,

@@ -63,13 +63,13 @@ so the same seed writes byte-identical files whatever the number of workers.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
 import pathlib
 import shutil
+import sys
 from collections import Counter
 from functools import lru_cache
 
@@ -77,6 +77,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from config import PATTERNS as VOCAB_PATTERNS
+from config import SEED, TEXT, CliParser, flag_type, whole
 
 VERSION = 2
 
@@ -1043,23 +1044,34 @@ def ensure_synthetic(out_dir, n_per_kind=600, seed=0, **kw):
 
 
 def _main(argv=None):
-    ap = argparse.ArgumentParser(description="Write the synthetic garment dataset (DFMM layout).")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--n_per_kind", type=int, default=600, help="images per kind (default 600)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--height", type=int, default=376)
-    ap.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+    from utils import UserError, run_cli  # torch: imported only by the command line
+    ap = CliParser(description="Write the synthetic garment dataset (DFMM layout).")
+    ap.add_argument("--out", required=True, type=flag_type(TEXT), help="output directory")
+    ap.add_argument("--n_per_kind", type=flag_type(whole(1, 100_000)), default=600,
+                    help="images per kind (default 600)")
+    ap.add_argument("--seed", type=flag_type(SEED), default=0)
+    ap.add_argument("--width", type=flag_type(whole(16, 4096)), default=256)
+    ap.add_argument("--height", type=flag_type(whole(16, 4096)), default=376)
+    ap.add_argument("--workers", type=flag_type(whole(1, 256)), default=None,
+                    help="processes (default: all CPUs)")
     ap.add_argument("--no_progress", action="store_true")
-    args = ap.parse_args(argv)
-    out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed, width=args.width,
-                         height=args.height, progress=not args.no_progress, workers=args.workers)
-    with open(out / "labels.csv", newline="", encoding="utf-8") as f:
-        counts = Counter(row["category"] for row in csv.DictReader(f))
-    print(f"wrote {sum(counts.values())} images to {out}")
-    for kind in KINDS:
-        print(f"  {kind}: {counts.get(kind, 0)}")
+
+    def job():
+        args = ap.parse_args(argv)
+        try:
+            out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed,
+                                 width=args.width, height=args.height,
+                                 progress=not args.no_progress, workers=args.workers)
+        except (FileExistsError, OSError) as e:
+            raise UserError(str(e)) from None
+        with open(out / "labels.csv", newline="", encoding="utf-8") as f:
+            counts = Counter(row["category"] for row in csv.DictReader(f))
+        print(f"wrote {sum(counts.values())} images to {out}")
+        for kind in KINDS:
+            print(f"  {kind}: {counts.get(kind, 0)}")
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":
-    _main()
+    sys.exit(_main())

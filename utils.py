@@ -13,11 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from config import ARCH_FIELDS, Config
-
-
-class UserError(Exception):
-    """A problem with the user's input or files; main.py prints it without a traceback."""
+from config import ARCH_FIELDS, Config, UserError
 
 
 def run_cli(job) -> int:
