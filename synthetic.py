@@ -1024,9 +1024,10 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
 def read_params(out_dir):
     """The parameters recorded in ``out_dir/.complete``, or None."""
     try:
-        return json.loads((pathlib.Path(out_dir) / ".complete").read_text())
-    except (OSError, ValueError):
+        params = json.loads((pathlib.Path(out_dir) / ".complete").read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return params if isinstance(params, dict) else None
 
 
 def ensure_synthetic(out_dir, n_per_kind=600, seed=0, **kw):

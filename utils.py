@@ -1,8 +1,10 @@
 """Helpers shared by training and generation: losses, grids, checkpoints, logging."""
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import sys
 import tempfile
 import textwrap
@@ -33,6 +35,40 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type when it has none."""
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
+
+
+# ------------------------------------------------------------------------- reading
+#
+# Every file the repository reads from a user goes through one reader per kind: JSON
+# here, captions/labels/images/parsing maps in datasets.py, embeddings in
+# get_embeddings.py, checkpoints below. Each gives the data or a one-line UserError.
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogates(text: str) -> bool:
+    """True for text holding lone UTF-16 surrogates: valid in JSON ("\\ud800") and what
+    Python makes of bytes that are not UTF-8 on a command line; no encoder accepts them."""
+    return _SURROGATE_RE.search(text) is not None
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD (the replacement character)."""
+    return _SURROGATE_RE.sub("\ufffd", text)
+
+
+def read_json(path, what: str = "file"):
+    """The JSON value in the file at `path`; a UserError naming it when it cannot be read,
+    is not UTF-8 JSON, is nested too deeply to read, or holds a number too long to read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a usable {what}: its JSON is nested too deeply") from None
+    except ValueError as e:  # bad JSON, not UTF-8, an integer of more than 4,300 digits
+        raise UserError(f"{path} is not valid JSON: {first_line(e)}") from None
 
 
 # ---------------------------------------------------------------------------- misc
