@@ -342,7 +342,7 @@ FIELD_RULES = {
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
     "r_num": whole(0, 64), "g_fusion": one_of("input", "affine"), "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
-    "lr_g": number(0, 1), "lr_d": number(0, 1),
+    "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself
     "beta1": number(0, 1, hi_open=True), "beta2": number(0, 1, hi_open=True),
     "lr_decay_epoch": whole(1), "kl_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
     "ema_decay": number(0, 1, hi_open=True), "loss": one_of("bce", "hinge"),

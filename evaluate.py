@@ -79,7 +79,7 @@ from tqdm import tqdm
 from config import (COLOURS, DEVICE, FIELD_RULES, KINDS, PATH, PATTERNS, SEED, TEXT, CliParser,
                     Config, flag_type, whole)
 from utils import (UserError, _atomic_write, check_writable_dir, init_wandb, resolve_device,
-                   run_cli, save_grid)
+                   run_cli, save_checkpoint, save_grid, verify_checksums)
 
 FEATNET_VERSION = "garment-featnet-v2"
 FEAT_SIZE = 64  # the feature net works on 64 px images
@@ -345,7 +345,7 @@ def load_or_train_feature_net(cfg: Config, data, train_idx, heldout_idx, index_k
     if path.is_file():
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-            if obj.get("version") == FEATNET_VERSION and obj.get("key") == key \
+            if verify_checksums(obj, path) and obj.get("version") == FEATNET_VERSION and obj.get("key") == key \
                     and list(obj.get("kinds", ())) == list(KINDS) \
                     and list(obj.get("colours", ())) == list(COLOUR_NAMES) \
                     and list(obj.get("patterns", ())) == list(PATTERN_NAMES):
@@ -374,8 +374,7 @@ def load_or_train_feature_net(cfg: Config, data, train_idx, heldout_idx, index_k
            "colours": list(COLOUR_NAMES), "patterns": list(PATTERN_NAMES), "kinds": list(KINDS),
            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "info": info}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: torch.save(obj, f))
+        save_checkpoint(obj, path)  # with checksums: a damaged cache is trained again
     except OSError as e:
         print(f"could not cache the feature net in {path.parent} ({e.strerror or e}); "
               "it will be trained again next time (set --cache_dir to a writable folder)")

@@ -29,7 +29,8 @@ from tqdm import tqdm
 from config import (ARCH_FIELDS, BUILTIN_PRESET, FIELD_RULES, KINDS, CliParser, Config,
                     flag_type, yes_no)
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
-                   discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
+                   clean_text, discriminator_loss, first_line, generator_loss, has_surrogates,
+                   init_wandb, load_checkpoint,
                    requires_grad, resolve_device, run_cli, save_checkpoint, save_grid, set_seed,
                    standing_stats, to_uint8, use_bf16)
 
@@ -45,6 +46,7 @@ DEFAULT_PROMPTS = [  # short typed prompts and DFMM-style sentences, two per kin
     "a pair of white shoes",
     "This lady wears a pair of ankle boots. The shoes are brown.",
 ]
+MIN_BATCH = FIELD_RULES["batch_size"].lo  # BatchNorm needs two images to train on
 DEBUG = dict(epochs=1, max_samples=64, batch_size=16, gf_dim=8, df_dim=8, snapshot_interval=1,
              builtin_per_kind=20, builtin_dir="data/synthetic_debug", n_samples=4, log_interval=1)
 
@@ -240,7 +242,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     resume_path = resolve_resume(resume, out)
     state = None
     if resume_path is not None:
-        state = load_checkpoint(resume_path)
+        state = load_checkpoint(resume_path, resume=True)
         saved = Config.from_dict(state["config"])
         if saved.stage != cfg.stage:
             raise UserError(f"{resume_path} is a Stage-{saved.stage} checkpoint; this run trains "
@@ -281,7 +283,12 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         counts = ", ".join(f"{k} {data.kinds.count(k)}" for k in KINDS)
         print(f"stage {cfg.stage}: {len(data)} training images ({counts})")
     if len(data) < cfg.batch_size * world:
-        cfg = dataclasses.replace(cfg, batch_size=max(2, len(data) // world))
+        if len(data) < MIN_BATCH * world:
+            raise UserError(f"{len(data)} usable training image{'s'[:len(data) != 1]}: a batch "
+                            f"needs at least {MIN_BATCH} per process ({MIN_BATCH * world} "
+                            f"here), so nothing would train; add images or check the skipped "
+                            "ones (python datasets.py --data_dir DIR)")
+        cfg = dataclasses.replace(cfg, batch_size=len(data) // world)
         print(f"fewer images than a batch: batch size set to {cfg.batch_size}")
 
     set_seed(cfg.seed)  # identical initial weights on every rank
@@ -298,15 +305,19 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     torch.manual_seed(cfg.seed + rank)  # noise and condition samples differ per rank
     start_epoch, start_batch, step = 0, 0, 0
     if state is not None:
-        netG.load_state_dict(state["netG"])
-        netD.load_state_dict(state["netD"])
-        if netG_ema is not None:
-            netG_ema.load_state_dict(state.get("netG_ema") or state["netG"])
-        for obj, key in ((optG, "optG"), (optD, "optD"), (schedG, "schedG"), (schedD, "schedD")):
-            obj.load_state_dict(state[key])
+        try:
+            netG.load_state_dict(state["netG"])
+            netD.load_state_dict(state["netD"])
+            if netG_ema is not None:
+                netG_ema.load_state_dict(state.get("netG_ema") or state["netG"])
+            for obj, key in ((optG, "optG"), (optD, "optD"), (schedG, "schedG"), (schedD, "schedD")):
+                obj.load_state_dict(state[key])
+            if state.get("rng") and world == 1:
+                set_rng_state(state["rng"], gen)
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"cannot resume from {resume_path}: its state does not fit this "
+                            f"run ({first_line(e)})") from None
         start_epoch, start_batch, step = state["epoch"], state.get("batch", 0), state["step"]
-        if state.get("rng") and world == 1:
-            set_rng_state(state["rng"], gen)
         print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {step}")
 
     cuda = device.type == "cuda"
@@ -516,6 +527,10 @@ def read_prompts(prompts, prompts_file) -> list[str]:
     cleaned = [" ".join(p.split()) for p in out]
     if not cleaned or any(not p for p in cleaned):
         raise UserError("a prompt is empty: give some text, e.g. --prompt \"red dress with lace\"")
+    for i, p in enumerate(cleaned):
+        if has_surrogates(p):  # bytes that are not UTF-8 on the command line
+            raise UserError(f"prompt {i + 1} is not UTF-8 text ({clean_text(p)[:40]!r}): pass "
+                            "prompts in UTF-8")
     return cleaned
 
 

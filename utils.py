@@ -1,6 +1,7 @@
 """Helpers shared by training and generation: losses, grids, checkpoints, logging."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -403,14 +404,80 @@ def _atomic_write(path: Path, write):
         raise
 
 
+# the entries of a training checkpoint; a generator needs the first two (and
+# stage1_config for Stage II), resuming a training run needs RESUME_KEYS too
+CHECKPOINT_KEYS = ("netG", "config", "netD", "netG_ema", "optG", "optD", "schedG", "schedD",
+                   "epoch", "batch", "step", "rng", "wandb_id", "stage1_config")
+RESUME_KEYS = ("netD", "optG", "optD", "schedG", "schedD", "epoch", "step")
+
+
+def _feed(h, obj):
+    """Hash `obj` (nested dicts, lists, tensors, plain values) in a canonical order."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__[0]}{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}={obj!r};".encode("utf-8", "surrogatepass"))
+
+
+def checksums(state: dict) -> dict:
+    """{entry: sha256 hex digest of its tensors' bytes and its plain values} for every
+    entry of a checkpoint but "checksums" itself."""
+    out = {}
+    for key, value in state.items():
+        if key != "checksums":
+            h = hashlib.sha256()
+            _feed(h, value)
+            out[key] = h.hexdigest()
+    return out
+
+
+def verify_checksums(state: dict, path) -> bool:
+    """Check the checksums recorded in `state` (removing them from it): a UserError
+    "damaged checkpoint" naming the entries that differ. False when none are recorded."""
+    recorded = state.pop("checksums", None)
+    if recorded is None:
+        return False
+    actual = checksums(state)
+    if not isinstance(recorded, dict):
+        recorded = {}
+    bad = sorted(k for k in set(actual) | set(recorded) if actual.get(k) != recorded.get(k))
+    if bad:
+        raise UserError(f"damaged checkpoint: {path}: {', '.join(map(str, bad))[:200]} do not "
+                        "match the checksum recorded when it was saved (use another copy, e.g. "
+                        "one of checkpoints/*.pt)")
+    return True
+
+
 def save_checkpoint(state: dict, path) -> Path:
+    """Write `state` atomically with a checksum of every entry (load_checkpoint checks it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, "checksums": checksums(state)}
     _atomic_write(path, lambda f: torch.save(state, f))
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and torch.is_tensor(v)
+                                         for k, v in obj.items())
+
+
+def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
+    """A checkpoint of this repo, read with pickles refused (nothing in it runs code) and
+    checked: its checksums, a generator state dict, a config within FIELD_RULES (and
+    with resume=True the optimizer, scheduler and step entries). Anything else is a
+    one-line UserError, raised before anything is written."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -420,7 +487,39 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise UserError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
     if not isinstance(state, dict) or "netG" not in state:
         raise UserError(f"{path} is not a checkpoint written by this repo (no 'netG' entry)")
+    if not verify_checksums(state, path):
+        unknown = sorted(map(str, set(state) - set(CHECKPOINT_KEYS)))
+        if unknown:
+            raise UserError(f"{path} is not a checkpoint written by this repo (unknown entries: "
+                            f"{', '.join(unknown)[:200]})")
+        print(f"note: {path} records no checksum (saved by an earlier version); loaded unchecked")
+    need = ("netG", "config") + (RESUME_KEYS if resume else ())
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise UserError(f"{path} lacks the entries {', '.join(missing)}: "
+                        + ("a training run resumes only from a checkpoint written by training"
+                           if resume else "it is not a generator checkpoint of this repo"))
+    for key in ("netG", "netD", "netG_ema"):
+        if key in state and not (_is_state_dict(state[key]) or (key != "netG" and state[key] is None)):
+            raise UserError(f"{path}: its '{key}' entry is not a state dict of weights")
+    if resume and not all(isinstance(state[k], int) and state[k] >= 0
+                          for k in ("epoch", "step") + (("batch",) if "batch" in state else ())):
+        raise UserError(f"{path}: its epoch, batch and step entries are not counts")
+    _checked_config(state, "config", path)
+    if state["config"].get("stage") == 2 or state.get("stage1_config") is not None:
+        _checked_config(state, "stage1_config", path)
     return state
+
+
+def _checked_config(state: dict, key: str, path) -> None:
+    cfg = state.get(key)
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: its '{key}' entry is not a config")
+    try:
+        Config.from_dict(cfg).validate()
+    except (UserError, TypeError) as e:
+        raise UserError(f"{path}: its '{key}' entry does not hold usable settings "
+                        f"({first_line(e)})") from None
 
 
 def check_arch(saved: dict, cfg: Config, path) -> None:
