@@ -191,7 +191,7 @@ def end_to_end(netG, cfg, device, n_images, batch, out_dir):
             "generate_s": t2 - t1, "png_s": t3 - t2, "total_s": t3 - t0}
 
 
-def main(argv=None):
+def build_parser() -> CliParser:
     p = CliParser(description="Training and generation throughput.",
                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     field = lambda name: flag_type(FIELD_RULES[name])  # noqa: E731  the Config field's range
@@ -219,7 +219,11 @@ def main(argv=None):
                    help="Stage-II checkpoint for the end-to-end run")
     p.add_argument("--json", default="bench.json", type=flag_type(TEXT),
                    help="where to write the figures")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     base = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                   embeddings_path=args.embeddings_path, batch_size=args.batch_size,

@@ -797,7 +797,7 @@ def show_samples(index: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
+def build_parser() -> CliParser:
     p = CliParser(description="Count the garment kinds of a DFMM-layout folder and build its "
                               "image cache.")
     p.add_argument("--data_dir", required=True, type=flag_type(TEXT))
@@ -806,9 +806,12 @@ def main(argv=None) -> int:
     p.add_argument("--cache_dir", type=flag_type(PATH), default=None)
     p.add_argument("--show", type=flag_type(whole(0, 100_000)), default=0, metavar="N",
                    help="also print N samples with their source caption and derived captions")
+    return p
 
+
+def main(argv=None) -> int:
     def job():
-        args = p.parse_args(argv)
+        args = build_parser().parse_args(argv)
         cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir).validate()
         index = prepare(cfg, args.size)
         counts = Counter(index["kinds"])

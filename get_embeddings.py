@@ -165,7 +165,7 @@ def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, da
     return cache["embeddings"][[row[t] for t in texts]]
 
 
-def main(argv=None):
+def build_parser() -> CliParser:
     p = CliParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", required=True, type=flag_type(TEXT),
                    help="DFMM-layout folder with captions.json")
@@ -176,9 +176,12 @@ def main(argv=None):
     p.add_argument("--batch_size", type=flag_type(whole(1, 65536)), default=256)
     p.add_argument("--cache_dir", default=None, type=flag_type(PATH),
                    help="image cache (default: DATA_DIR/cache)")
+    return p
 
+
+def main(argv=None) -> int:
     def job():
-        args = p.parse_args(argv)
+        args = build_parser().parse_args(argv)
         from datasets import caption_texts, prepare, read_captions
         cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                      text_model=args.text_model).validate()

@@ -1044,8 +1044,7 @@ def ensure_synthetic(out_dir, n_per_kind=600, seed=0, **kw):
     return make_synthetic(out_dir, n_per_kind=n_per_kind, seed=seed, **kw)
 
 
-def _main(argv=None):
-    from utils import UserError, run_cli  # torch: imported only by the command line
+def build_parser() -> CliParser:
     ap = CliParser(description="Write the synthetic garment dataset (DFMM layout).")
     ap.add_argument("--out", required=True, type=flag_type(TEXT), help="output directory")
     ap.add_argument("--n_per_kind", type=flag_type(whole(1, 100_000)), default=600,
@@ -1056,9 +1055,14 @@ def _main(argv=None):
     ap.add_argument("--workers", type=flag_type(whole(1, 256)), default=None,
                     help="processes (default: all CPUs)")
     ap.add_argument("--no_progress", action="store_true")
+    return ap
+
+
+def _main(argv=None):
+    from utils import UserError, run_cli  # torch: imported only by the command line
 
     def job():
-        args = ap.parse_args(argv)
+        args = build_parser().parse_args(argv)
         try:
             out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed,
                                  width=args.width, height=args.height,

@@ -453,9 +453,9 @@ def verify_checksums(state: dict, path) -> bool:
         recorded = {}
     bad = sorted(k for k in set(actual) | set(recorded) if actual.get(k) != recorded.get(k))
     if bad:
-        raise UserError(f"damaged checkpoint: {path}: {', '.join(map(str, bad))[:200]} do not "
-                        "match the checksum recorded when it was saved (use another copy, e.g. "
-                        "one of checkpoints/*.pt)")
+        raise UserError(f"damaged checkpoint: {path}: the checksums recorded when it was saved "
+                        f"do not match its entries {', '.join(map(str, bad))[:200]} (use another "
+                        "copy, e.g. one of checkpoints/*.pt)")
     return True
 
 
@@ -487,12 +487,11 @@ def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
         raise UserError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
     if not isinstance(state, dict) or "netG" not in state:
         raise UserError(f"{path} is not a checkpoint written by this repo (no 'netG' entry)")
-    if not verify_checksums(state, path):
-        unknown = sorted(map(str, set(state) - set(CHECKPOINT_KEYS)))
-        if unknown:
-            raise UserError(f"{path} is not a checkpoint written by this repo (unknown entries: "
-                            f"{', '.join(unknown)[:200]})")
-        print(f"note: {path} records no checksum (saved by an earlier version); loaded unchecked")
+    checked = verify_checksums(state, path)
+    unknown = sorted(map(str, set(state) - set(CHECKPOINT_KEYS)))
+    if unknown and not checked:
+        raise UserError(f"{path} is not a checkpoint written by this repo (unknown entries: "
+                        f"{', '.join(unknown)[:200]})")
     need = ("netG", "config") + (RESUME_KEYS if resume else ())
     missing = [k for k in need if k not in state]
     if missing:
@@ -508,6 +507,8 @@ def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
     _checked_config(state, "config", path)
     if state["config"].get("stage") == 2 or state.get("stage1_config") is not None:
         _checked_config(state, "stage1_config", path)
+    if not checked:
+        print(f"note: {path} records no checksum (saved by an earlier version); loaded unchecked")
     return state
 
 
