@@ -393,6 +393,7 @@ def flag_type(rule: Rule) -> Callable:
             raise argparse.ArgumentTypeError(f"{problem}, got {_shown(text)}")
         return value
     convert.__name__ = rule.kind.__name__
+    convert.rule = rule  # what the flag accepts, for help and tests
     return convert
 
 

@@ -60,20 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", type=int, choices=(1, 2), default=None,
                    help="1: 64px Stage I; 2: 256px Stage II (training default 1; generation: "
                         "the checkpoint's)")
-    p.add_argument("--data_dir", default=None,
+    path = flag_type(FIELD_RULES["data_dir"])  # a file or folder name
+    p.add_argument("--data_dir", default=None, type=path,
                    help="DFMM-layout folder; omitted: the built-in synthetic garments")
-    p.add_argument("--stage1_g", default=None, help="Stage-I checkpoint (required for Stage II)")
-    p.add_argument("--net_g", default=None,
+    p.add_argument("--stage1_g", default=None, type=path,
+                   help="Stage-I checkpoint (required for Stage II)")
+    p.add_argument("--net_g", default=None, type=path,
                    help="generator checkpoint for --train n (default: OUT_DIR/stage2/last.pt, "
                         "else OUT_DIR/stage1/last.pt)")
     p.add_argument("--prompt", action="append", default=None,
                    help="text to draw (repeatable); default: one prompt set covering all kinds")
-    p.add_argument("--prompts_file", default=None, help="file with one prompt per line")
+    p.add_argument("--prompts_file", default=None, type=path, help="file with one prompt per line")
     p.add_argument("--sweep", choices=("colour", "pattern"), default=None,
                    help="prompts that vary one attribute of one garment: eight colours, or five "
                         "patterns (with --sweep_kind)")
     p.add_argument("--sweep_kind", choices=KINDS, default="dress", help="the garment of --sweep")
-    p.add_argument("--resume", default=None, metavar="PATH|auto",
+    p.add_argument("--resume", default=None, metavar="PATH|auto", type=path,
                    help="continue training from a checkpoint (auto: OUT_DIR/stage<N>/last.pt)")
     p.add_argument("--debug", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
