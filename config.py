@@ -402,7 +402,9 @@ class CliParser(argparse.ArgumentParser):
     line, `error: --flag: ...`, with exit code 2 like every other user error."""
 
     def error(self, message: str):
-        raise UserError(re.sub(r"^argument ", "", " ".join(str(message).split())))
+        message = re.sub(r"^argument ", "", " ".join(str(message).split()))
+        # a long value quoted in argparse's message is cut short, as _shown does
+        raise UserError(re.sub(r"""(['"])([^'"]{57})[^'"]{4,}\1""", r"\1\2...\1", message))
 
 
 def stage_list(text: str) -> list:
