@@ -404,7 +404,8 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str):
         message = re.sub(r"^argument ", "", " ".join(str(message).split()))
         # a long value quoted in argparse's message is cut short, as _shown does
-        raise UserError(re.sub(r"""(['"])([^'"]{57})[^'"]{4,}\1""", r"\1\2...\1", message))
+        message = re.sub(r"""(['"])([^'"]{57})[^'"]{4,}\1""", r"\1\2...\1", message)
+        raise UserError(message if len(message) <= 300 else message[:297] + "...")
 
 
 def stage_list(text: str) -> list:
