@@ -468,6 +468,17 @@ def save_checkpoint(state: dict, path) -> Path:
     return path
 
 
+def torch_load_reason(e: BaseException) -> str:
+    """The gist of a torch.load failure in one short line (torch's own messages run to
+    paragraphs of advice, including loading the file with code execution allowed)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0]
+        detail = detail.split(" Please use")[0].strip() or "unreadable data"
+        return f"it holds more than plain weights, refused ({detail[:150]})"
+    return first_line(e).split(". This is")[0][:200]
+
+
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, dict) and all(isinstance(k, str) and torch.is_tensor(v)
                                          for k, v in obj.items())
@@ -484,7 +495,7 @@ def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, foreign objects refused by weights_only
-        raise UserError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
+        raise UserError(f"{path} is not a readable checkpoint: {torch_load_reason(e)}") from None
     if not isinstance(state, dict) or "netG" not in state:
         raise UserError(f"{path} is not a checkpoint written by this repo (no 'netG' entry)")
     checked = verify_checksums(state, path)

@@ -7,7 +7,7 @@ import math
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import bench
@@ -145,7 +145,7 @@ SETTINGS = settings(max_examples=10, deadline=None,
 @given(data=st.data())
 def test_every_flag_with_any_value(script, flag, data, monkeypatch, capsys):
     argv = SCRIPTS[script][3] + [f"{flag}={data.draw(flag_values(script, flag))}"]
-    check_outcome(script, *run_script(script, argv, monkeypatch, capsys), argv)
+    event(check_outcome(script, *run_script(script, argv, monkeypatch, capsys), argv))
 
 
 @pytest.mark.parametrize("script", list(SCRIPTS))
@@ -162,7 +162,7 @@ def test_any_mix_of_flags(script, data, monkeypatch, capsys):
         argv.append(f"{flag}={data.draw(flag_values(script, flag))}")
     if data.draw(st.booleans()):
         argv.append(data.draw(st.sampled_from(["--nope", "stray", picked[0][1], "--debug"])))
-    check_outcome(script, *run_script(script, argv, monkeypatch, capsys), argv)
+    event(check_outcome(script, *run_script(script, argv, monkeypatch, capsys), argv))
 
 
 @pytest.mark.parametrize("script,argv,msg", [
