@@ -779,6 +779,9 @@ def load_data(cfg: Config, size: int, split: str | None = "train", progress: boo
     emb = lookup(texts, captions, cfg.resolved_embeddings_path(), cfg.text_model,
                  data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
         np.zeros((0, cfg.text_dim), np.float32)
+    if emb.shape[1] != cfg.text_dim:
+        raise UserError(f"--text_dim {cfg.text_dim} does not fit the text model "
+                        f"{cfg.text_model!r}, whose vectors have {emb.shape[1]} dimensions")
     return FashionData(index, emb, split=split, max_samples=cfg.max_samples)
 
 

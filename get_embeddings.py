@@ -129,6 +129,8 @@ def read_cache(path) -> dict:
     if vecs.ndim != 2 or len(vecs) != len(texts):
         raise UserError(f"{path} holds {len(texts)} texts but vectors of shape "
                         f"{tuple(vecs.shape)}; {redo}")
+    if not np.isfinite(vecs).all():
+        raise UserError(f"{path} holds vectors that are not finite numbers (damaged); {redo}")
     return {**meta, "texts": texts, "embeddings": vecs}
 
 
