@@ -83,9 +83,15 @@ def set_seed(seed: int):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    dev = torch.device(name)  # the form was checked by config.DEVICE
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s), numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: Apple's MPS is not available on this machine "
+                        "(use --device cpu)")
     return dev
 
 
