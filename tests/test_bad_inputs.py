@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -466,3 +466,32 @@ def test_too_few_images_for_a_batch(tmp_path, capsys, n_images):
         assert not (out / "stage1" / "last.pt").exists()
     else:
         assert rc == 0 and load_checkpoint(out / "stage1" / "last.pt")["step"] == 1
+
+
+@SETTINGS
+@example(blob=b"", meta=None, version=2, n_texts=2, shape=(2, 4), fill=0.5)  # a usable cache
+@given(blob=st.binary(max_size=300), meta=json_values, version=st.sampled_from([2, 1, "2"]),
+       n_texts=st.integers(0, 3), shape=st.sampled_from([(2, 4), (3, 4), (0, 4), (3,), (3, 4, 1)]),
+       fill=st.sampled_from([0.5, float("nan"), float("inf")]))
+def test_embeddings_cache_of_any_content(tmp_path, blob, meta, version, n_texts, shape, fill):
+    """embeddings.pickle holding any bytes, or arrays of any shape and value: read with
+    pickles refused, and used only when texts and finite vectors match."""
+    from get_embeddings import read_cache
+    path = tmp_path / "embeddings.pickle"
+    path.write_bytes(blob)
+    with pytest.raises(UserError):
+        read_cache(path)
+    header = {"version": version, "model": "m", "dim": 4, "captions_hash": "h"}
+    if isinstance(meta, dict):
+        header = {**header, **meta}
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(header)), texts=np.array([f"t{i}" for i in range(n_texts)]),
+                 embeddings=np.full(shape, fill, np.float32))
+    try:
+        cache = read_cache(path)
+    except UserError as e:
+        assert "\n" not in str(e)
+        event("refused")
+        return
+    assert len(cache["texts"]) == len(cache["embeddings"]) and np.isfinite(cache["embeddings"]).all()
+    event("read")
