@@ -257,6 +257,8 @@ def read_texture_labels(data_dir) -> dict:
     out: dict = {}
     for what, names in (("pattern", PATTERNS), ("fabric", FABRICS)):
         path = Path(data_dir) / "labels" / "texture" / f"{what}_ann.txt"
+        if not path.is_file():  # missing, or a folder or pipe that would not read
+            continue
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:

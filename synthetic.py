@@ -77,7 +77,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from config import PATTERNS as VOCAB_PATTERNS
-from config import SEED, TEXT, CliParser, flag_type, whole
+from config import SEED, TEXT, CliParser, UserError, flag_type, whole
 
 VERSION = 2
 
@@ -942,6 +942,10 @@ def _looks_generated(path):
     return any((path / x).exists() for x in (".complete", "captions.json", "labels.csv", "images", "segm"))
 
 
+class NotSyntheticError(UserError, FileExistsError):
+    """The output folder holds something else: a one-line error on every command line."""
+
+
 def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progress=True,
                    workers=None):
     """Write the synthetic dataset to ``out_dir`` and return its path.
@@ -958,7 +962,8 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
     if n_per_kind < 1:
         raise ValueError("n_per_kind must be >= 1")
     if out_dir.exists() and any(out_dir.iterdir()) and not _looks_generated(out_dir):
-        raise FileExistsError(f"{out_dir} exists and does not hold a synthetic dataset; not replacing it")
+        raise NotSyntheticError(f"{out_dir} exists and does not hold a synthetic dataset; "
+                                "not replacing it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -1059,7 +1064,7 @@ def build_parser() -> CliParser:
 
 
 def _main(argv=None):
-    from utils import UserError, run_cli  # torch: imported only by the command line
+    from utils import run_cli  # torch: imported only by the command line
 
     def job():
         args = build_parser().parse_args(argv)
@@ -1067,8 +1072,10 @@ def _main(argv=None):
             out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed,
                                  width=args.width, height=args.height,
                                  progress=not args.no_progress, workers=args.workers)
-        except (FileExistsError, OSError) as e:
-            raise UserError(str(e)) from None
+        except OSError as e:  # not writable, disk full, ...
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"cannot write {args.out}: {e.strerror or e}") from None
         with open(out / "labels.csv", newline="", encoding="utf-8") as f:
             counts = Counter(row["category"] for row in csv.DictReader(f))
         print(f"wrote {sum(counts.values())} images to {out}")

@@ -280,6 +280,8 @@ def make_odd_file(path: Path, kind: str):
         path.mkdir()
     elif kind == "fifo":  # opening it for reading would wait forever
         os.mkfifo(path)
+    elif kind == "device link":
+        path.symlink_to("/dev/zero")
     elif kind == "empty":
         path.write_bytes(b"")
     else:
@@ -288,7 +290,7 @@ def make_odd_file(path: Path, kind: str):
 
 @SETTINGS
 @given(kinds=st.lists(st.sampled_from(["dangling link", "link loop", "folder", "fifo", "empty",
-                                       "good"]), min_size=1, max_size=6))
+                                       "device link", "good"]), min_size=1, max_size=6))
 def test_images_that_are_not_files(tmp_path, kinds):
     root = fresh(tmp_path, "odd")
     captions = {}
