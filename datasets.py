@@ -575,7 +575,12 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
                             "splits")}
     notes = Counter()
     n_alloc = max(1, len(jobs) + sum(j.shoes for j in jobs))
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_alloc, size, size, 3))
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(n_alloc, size, size, 3))
+    except OSError as e:
+        raise UserError(f"cannot write the image cache in {cache_dir}: {e.strerror or e}; "
+                        "set --cache_dir to a writable folder") from None
     n = 0
     try:
         if workers > 1 and len(tasks) > 64:

@@ -394,19 +394,30 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, captions=None, row_labe
 
 # --------------------------------------------------------------------- checkpoints
 
+class WriteError(UserError, OSError):
+    """A file that could not be written (a folder that is not writable, a full disk): a
+    one-line error for the command lines, and still an OSError for callers that carry on."""
+
+
 def _atomic_write(path: Path, write):
     """Write through a temporary file in the same folder, then rename over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e} (choose a writable "
+                         "folder)") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
