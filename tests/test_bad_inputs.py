@@ -497,3 +497,18 @@ def test_embeddings_cache_of_any_content(tmp_path, blob, meta, version, n_texts,
         return
     assert len(cache["texts"]) == len(cache["embeddings"]) and np.isfinite(cache["embeddings"]).all()
     event("read")
+
+
+@pytest.mark.parametrize("flag,msg", [("--embeddings_path", "cannot write /proc/"),
+                                      ("--cache_dir", "cannot write the image cache in /proc/"),
+                                      ("--out_dir", "is not writable")])
+def test_unwritable_destinations(dfmm, tmp_path, capsys, flag, msg):
+    """Caches and outputs that cannot be written: one line naming the file, exit 2."""
+    from conftest import tiny_args
+    root, _ = dfmm
+    args = tiny_args(root, tmp_path / "out", cache_dir=tmp_path / "cache")
+    dest = {"--embeddings_path": "/proc/emb.pickle", "--cache_dir": "/proc/sys",
+            "--out_dir": "/proc/out"}[flag]
+    rc = main.main(["--train", "y"] + args + [flag, dest])  # the last value of a flag counts
+    last = capsys.readouterr().err.strip().split("\n")[-1]
+    assert rc == 2 and last.startswith("error: ") and msg in last
