@@ -38,8 +38,8 @@ from config import (DEVICE, FIELD_RULES, PATH, TEXT, CliParser, Config, flag_typ
                     stage_list, whole)
 from datasets import augment, list_jobs, load_data
 from model import Stage1_G, Stage2_G, build_models
-from utils import (autocast, discriminator_loss, generator_loss, requires_grad, resolve_device,
-                   run_cli, to_uint8, use_bf16)
+from utils import (UserError, autocast, discriminator_loss, generator_loss, requires_grad,
+                   resolve_device, run_cli, to_uint8, use_bf16)
 
 
 def sync(device):
@@ -247,6 +247,9 @@ def main(argv=None):
     for stage in args.stages:
         cfg = dataclasses.replace(base, stage=stage)
         data = load_data(cfg, cfg.image_size, progress=True)
+        if len(data) < cfg.batch_size:
+            raise UserError(f"{len(data)} usable images, fewer than a batch of --batch_size "
+                            f"{cfg.batch_size}: lower it or use more data")
         r = train_throughput(cfg, data, device, args.steps, args.warmup)
         results[f"stage{stage}_train"] = r
         print(f"stage {stage} train ({cfg.image_size}px): {r['images_per_s']:.1f} img/s | data "
