@@ -59,10 +59,11 @@ def clean_text(text: str) -> str:
 
 
 def read_json(path, what: str = "file"):
-    """The JSON value in the file at `path`; a UserError naming it when it cannot be read,
-    is not UTF-8 JSON, is nested too deeply to read, or holds a number too long to read."""
+    """The JSON value in the file at `path` (UTF-8, a leading byte-order mark allowed); a
+    UserError naming it when it cannot be read, is not UTF-8 JSON, is nested too deeply to
+    read, or holds a number too long to read."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except OSError as e:
         raise UserError(f"cannot read the {what} {path}: {e.strerror or e}") from None

@@ -233,8 +233,9 @@ def test_captions_json_nested_any_depth(tmp_path, depth, wrap, inside):
 
 
 @SETTINGS
-@given(caption=any_text, other=st.dictionaries(any_text, any_text | json_values, max_size=4))
-def test_captions_with_any_characters(tmp_path, caption, other):
+@given(caption=any_text, other=st.dictionaries(any_text, any_text | json_values, max_size=4),
+       bom=st.booleans())
+def test_captions_with_any_characters(tmp_path, caption, other, bom):
     """Lone surrogates ("\\ud800", valid JSON) and any other characters in names and
     captions: the photo is kept (when its caption has text) and every caption that
     reaches the cache, its key and the embedding cache's hash is encodable text."""
@@ -242,7 +243,8 @@ def test_captions_with_any_characters(tmp_path, caption, other):
     root = fresh(tmp_path, "chars")
     (root / "images" / DRESS).write_bytes(jpeg_bytes())
     captions = {**{k: v for k, v in other.items() if k != DRESS}, DRESS: caption}
-    (root / "captions.json").write_text(json.dumps(captions))  # ensure_ascii: \\udXXX escapes
+    text = json.dumps(captions)  # ensure_ascii: \\udXXX escapes
+    (root / "captions.json").write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
     read, bad = ds.read_captions(root)
     try:
         index = ds.prepare(Config(data_dir=str(root)), 16, progress=False)
