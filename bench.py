@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,11 +35,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from config import Config
+from config import (DEVICE, FIELD_RULES, PATH, TEXT, CliParser, Config, flag_type, stage_list,
+                    whole)
 from datasets import list_jobs, load_data
-from main import configure_device, yes_no
+from main import configure_device
 from model import Stage1_G, Stage2_G, build_models
-from utils import autocast, resolve_device, to_uint8, use_bf16
+from utils import UserError, autocast, resolve_device, run_cli, to_uint8, use_bf16
 
 
 def sync(device):
@@ -203,37 +205,48 @@ def end_to_end(netG, cfg, device, n_images, batch, out_dir):
             "generate_s": t2 - t1, "png_s": t3 - t2, "total_s": t3 - t0}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="Training and generation throughput.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data_dir", default=None, help="default: the built-in synthetic data")
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--embeddings_path", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--gf_dim", type=int, default=128)
-    p.add_argument("--df_dim", type=int, default=64)
-    p.add_argument("--amp", default="auto", help="bf16 autocast: auto | on | off")
-    p.add_argument("--channels_last", type=yes_no, default=True, help="y: NHWC layout")
-    p.add_argument("--compile", type=yes_no, default=False,
+def build_parser() -> CliParser:
+    p = CliParser(description="Training and generation throughput.",
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    field = lambda name: flag_type(FIELD_RULES[name])  # noqa: E731  the Config field's range
+    p.add_argument("--data_dir", default=None, type=field("data_dir"),
+                   help="default: the built-in synthetic data")
+    p.add_argument("--cache_dir", default=None, type=field("cache_dir"))
+    p.add_argument("--embeddings_path", default=None, type=field("embeddings_path"))
+    p.add_argument("--device", default="auto", type=flag_type(DEVICE))
+    p.add_argument("--batch_size", type=field("batch_size"), default=64)
+    p.add_argument("--gf_dim", type=field("gf_dim"), default=128)
+    p.add_argument("--df_dim", type=field("df_dim"), default=64)
+    p.add_argument("--amp", default="auto", type=field("amp"), help="bf16 autocast: auto | on | off")
+    p.add_argument("--channels_last", type=field("channels_last"), default=True,
+                   help="y: NHWC layout")
+    p.add_argument("--compile", type=field("compile"), default=False,
                    help="y: torch.compile G and D (compilation is timed apart, as warm-up)")
-    p.add_argument("--steps", type=int, default=8, help="timed steps per measurement")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=flag_type(whole(1, 100_000)), default=8,
+                   help="timed steps per measurement")
+    p.add_argument("--warmup", type=flag_type(whole(0, 100_000)), default=2)
     p.add_argument("--naive_loader", "--naive-loader", dest="naive", action="store_true",
                    help="also time a per-sample PIL-decoding DataLoader beside the cache")
-    p.add_argument("--naive_workers", type=int, default=0)
-    p.add_argument("--stages", default="1,2", help="which stages to time")
-    p.add_argument("--n_images", type=int, default=500, help="end-to-end image count (0: skip)")
-    p.add_argument("--gen_batch", type=int, default=100)
-    p.add_argument("--net_g", default=None, help="Stage-II checkpoint for the end-to-end run")
-    p.add_argument("--json", default="bench.json", help="where to write the figures")
-    args = p.parse_args(argv)
+    p.add_argument("--naive_workers", type=flag_type(whole(0, 256)), default=0)
+    p.add_argument("--stages", default="1,2", type=stage_list, help="which stages to time")
+    p.add_argument("--n_images", type=flag_type(whole(0, 1_000_000)), default=500,
+                   help="end-to-end image count (0: skip)")
+    p.add_argument("--gen_batch", type=flag_type(whole(1, 65536)), default=100)
+    p.add_argument("--net_g", default=None, type=flag_type(PATH),
+                   help="Stage-II checkpoint for the end-to-end run")
+    p.add_argument("--json", default="bench.json", type=flag_type(TEXT),
+                   help="where to write the figures")
+    return p
 
-    device = resolve_device(args.device)
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+
     base = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                   embeddings_path=args.embeddings_path, batch_size=args.batch_size,
                   gf_dim=args.gf_dim, df_dim=args.df_dim, amp=args.amp,
-                  channels_last=args.channels_last, compile=args.compile)
+                  channels_last=args.channels_last, compile=args.compile).validate()
+    device = resolve_device(args.device)
     configure_device(base, device)
     if base.data_dir is None:
         from synthetic import ensure_synthetic
@@ -247,9 +260,12 @@ def main(argv=None):
     print(f"device {device} ({name}), {results['threads']} threads, bf16 {bf16}, "
           f"batch {base.batch_size}, gf_dim {base.gf_dim}, df_dim {base.df_dim}")
 
-    for stage in [int(s) for s in args.stages.split(",") if s]:
+    for stage in args.stages:
         cfg = dataclasses.replace(base, stage=stage)
         data = load_data(cfg, cfg.image_size, progress=True)
+        if len(data) < cfg.batch_size:
+            raise UserError(f"{len(data)} usable images, fewer than a batch of --batch_size "
+                            f"{cfg.batch_size}: lower it or use more data")
         r = train_throughput(cfg, data, device, args.steps, args.warmup)
         results[f"stage{stage}_train"] = r
         print(f"stage {stage} train ({cfg.image_size}px): {r['images_per_s']:.1f} img/s | data "
@@ -301,4 +317,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -13,11 +13,19 @@ and no second source of truth.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
+
+class UserError(Exception):
+    """A problem with the user's input or files: the command lines print it as one
+    `error: ...` line (utils.run_cli) without a traceback."""
+
 
 KINDS = ("t-shirt", "dress", "pants", "leggings", "shoes")
 
@@ -164,24 +172,19 @@ class Config:
         return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
     def validate(self) -> "Config":
-        """Raise ValueError naming a setting whose value is not one of its choices."""
-        choices = {"loss": ("bce", "hinge"), "d_norm": ("bn", "sn"), "amp": ("auto", "on", "off"),
-                   "stage": (1, 2), "g_fusion": ("input", "affine"), "d_cond": ("text", "mu")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} {getattr(self, name)!r}: expected one of "
-                                 + ", ".join(map(str, allowed)))
+        """Raise a UserError naming the first setting whose value is out of its range
+        (FIELD_RULES) or that does not fit another setting."""
+        for f in dataclasses.fields(self):
+            check_value(f.name, getattr(self, f.name), FIELD_RULES[f.name])
+        if self.stage2_size <= self.stage1_size:
+            raise UserError(f"--stage2_size: must be larger than --stage1_size "
+                            f"({self.stage1_size}), got {self.stage2_size}")
         for p in filter(None, (s.strip() for s in self.diffaug.split(","))):
-            if p not in ("color", "translation", "cutout"):
-                raise ValueError(f"--diffaug: unknown policy {p!r} (use color, translation, cutout)")
-        for name in ("batch_size", "epochs", "lr_decay_epoch", "snapshot_interval", "log_interval",
-                     "n_samples", "z_dim", "condition_dim", "gf_dim", "df_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        if not self.aux_coef >= 0:
-            raise ValueError(f"--aux_coef must be at least 0, got {self.aux_coef}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema_decay must be in [0, 1), got {self.ema_decay}")
+            if p not in DIFFAUG_POLICIES:
+                raise UserError(f"--diffaug: unknown policy {p!r} (use "
+                                + ", ".join(DIFFAUG_POLICIES) + ")")
+        if set(self.parsing_labels) < set(KINDS):
+            raise UserError("parsing_labels needs a label for every kind: " + ", ".join(KINDS))
         return self
 
     def to_dict(self) -> dict:
@@ -192,6 +195,225 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+
+# ------------------------------------------------------------------ value checks
+#
+# One place checks every value a user can give: the Config fields (from flags, presets
+# or a checkpoint) and the own flags of every script. A Rule says what a value may be;
+# `check_value` names the setting in the error; `flag_type` turns a rule into an
+# argparse type, and `CliParser` prints argparse's complaints as one line, so a bad
+# flag of any script reads `error: --lr_g: must be a finite number, got nan` (exit 2)
+# before any work starts.
+
+@dataclass(frozen=True)
+class Rule:
+    """What a setting accepts. kind: int, float, str or bool; lo/hi: bounds (hi_open:
+    hi itself excluded); choices: the only values allowed; pow2: a power of two;
+    optional: None is allowed too; test: a further check, value -> problem or None."""
+    kind: type
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    hi_open: bool = False
+    choices: Optional[tuple] = None
+    pow2: bool = False
+    optional: bool = False
+    test: Optional[Callable] = None
+
+    def problem(self, value) -> Optional[str]:
+        """What is wrong with `value` ("must be at least 1"), or None when it is fine."""
+        if value is None:
+            return None if self.optional else "must be given"
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "must be y or n"
+        if self.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+            return "must be a whole number"
+        if self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return "must be a number"
+            if not math.isfinite(value):
+                return "must be a finite number"
+        if self.kind is str and not isinstance(value, str):
+            return "must be text"
+        if self.kind is dict and not isinstance(value, dict):
+            return "must be a mapping"
+        if self.choices is not None and value not in self.choices:
+            return "expected one of " + ", ".join(map(str, self.choices))
+        if self.lo is not None or self.hi is not None:
+            if self.pow2 and (value < 1 or value & (value - 1)):
+                return f"must be a power of two from {self.lo} to {self.hi}"
+            too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+            if (self.lo is not None and value < self.lo) or too_high:
+                return "must be " + self.range_text()
+        return self.test(value) if self.test else None
+
+    def range_text(self) -> str:
+        if self.pow2:
+            return f"a power of two from {self.lo} to {self.hi}"
+        if self.hi is None:
+            return f"at least {self.lo}"
+        if self.kind is float:
+            return f"in [{self.lo}, {self.hi}{')' if self.hi_open else ']'}"
+        return f"from {self.lo} to {self.hi}"
+
+    def parse(self, text: str):
+        """A command-line string as a value of this rule's kind (ValueError when it is not)."""
+        if self.kind is bool:
+            return yes_no(text)
+        if self.kind is int:
+            try:
+                return int(text)
+            except ValueError:
+                raise ValueError("must be a whole number") from None
+        if self.kind is float:
+            try:
+                return float(text)
+            except ValueError:
+                raise ValueError("must be a number") from None
+        return text
+
+
+def whole(lo: int = 0, hi: Optional[int] = None) -> Rule:
+    return Rule(int, lo, hi)
+
+
+def number(lo: float, hi: Optional[float] = None, hi_open: bool = False) -> Rule:
+    return Rule(float, lo, hi, hi_open)
+
+
+def one_of(*choices, optional: bool = False) -> Rule:
+    return Rule(type(choices[0]), choices=choices, optional=optional)
+
+
+def power_of_two(lo: int, hi: int) -> Rule:
+    return Rule(int, lo, hi, pow2=True)
+
+
+def _text_problem(value: str) -> Optional[str]:
+    if not value.strip():
+        return "must not be empty"
+    if "\x00" in value:
+        return "must not hold a NUL character"
+    if len(value) > 4096:
+        return "is longer than 4096 characters"
+    return None
+
+
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
+
+
+def _device_problem(value: str) -> Optional[str]:
+    return None if _DEVICE_RE.fullmatch(value) else "expected auto, cpu, cuda, cuda:N or mps"
+
+
+def _wandb_project_problem(value: str) -> Optional[str]:
+    bad = [c for c in "/\\#?%:" if c in value]
+    if bad or not value.strip() or len(value) > 128:
+        return "must be 1 to 128 characters without / \\ # ? % :"
+    return None
+
+
+def _mapping_problem(values: Callable) -> Callable:
+    def test(value: dict) -> Optional[str]:
+        if not all(isinstance(k, str) for k in value) or not all(map(values, value.values())):
+            return "holds an entry of the wrong kind"
+        return None
+    return test
+
+
+TEXT = Rule(str, test=_text_problem)
+PATH = Rule(str, optional=True, test=_text_problem)
+DEVICE = Rule(str, test=_device_problem)
+SEED = whole(0, 2 ** 32 - 1)
+NUM_THREADS = whole(0, 1024)
+DIFFAUG_POLICIES = ("color", "translation", "cutout")
+
+# the range of every Config field (Config.validate checks that none is missing)
+FIELD_RULES = {
+    "data_dir": PATH, "builtin_dir": TEXT, "builtin_per_kind": whole(1, 100_000),
+    "cache_dir": PATH, "embeddings_path": PATH,
+    "category_map": Rule(dict, test=_mapping_problem(lambda v: v in KINDS)),
+    "parsing_labels": Rule(dict, test=_mapping_problem(
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255)),
+    "min_region_frac": number(0, 1, hi_open=True), "crop_margin": number(0, 10),
+    "max_samples": whole(0), "wrong_same_kind": number(0, 1),
+    "text_model": TEXT, "text_dim": whole(1, 16384),
+    "stage": one_of(1, 2), "stage1_size": power_of_two(8, 1024),
+    "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
+    "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
+    "r_num": whole(0, 64), "g_fusion": one_of("input", "affine"), "d_cond": one_of("text", "mu"),
+    "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
+    "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself
+    "beta1": number(0, 1, hi_open=True), "beta2": number(0, 1, hi_open=True),
+    "lr_decay_epoch": whole(1), "kl_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
+    "ema_decay": number(0, 1, hi_open=True), "loss": one_of("bce", "hinge"),
+    "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "r1_gamma": number(0, 1e6),
+    "max_steps": whole(0), "snapshot_interval": whole(1), "log_interval": whole(1),
+    "seed": SEED, "out_dir": TEXT, "device": DEVICE, "num_threads": NUM_THREADS,
+    "amp": one_of("auto", "on", "off"), "channels_last": Rule(bool), "tf32": Rule(bool),
+    "compile": Rule(bool), "wandb_project": Rule(str, test=_wandb_project_problem),
+    "wandb_mode": one_of("online", "offline", "disabled", optional=True),
+    "n_samples": whole(1, 1000),
+}
+
+
+def _shown(value) -> str:
+    """A value as an error message shows it: on one line, at most 60 characters; text
+    in quotes unless it is one plain word."""
+    plain = isinstance(value, str) and value.isprintable() and value and not value.split()[1:] \
+        and value.strip() == value and value.isascii()
+    text = value if plain else repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_value(name: str, value, rule: Rule) -> None:
+    """Raise a UserError `--name: <problem>, got <value>` when `value` breaks `rule`."""
+    problem = rule.problem(value)
+    if problem:
+        raise UserError(f"--{name}: {problem}, got {_shown(value)}")
+
+
+def yes_no(v: str) -> bool:
+    v = v.strip().lower()
+    if v in ("y", "yes", "true", "1"):
+        return True
+    if v in ("n", "no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError("expected y or n")
+
+
+def flag_type(rule: Rule) -> Callable:
+    """An argparse `type` that reads a flag's string by `rule` and checks it."""
+    def convert(text: str):
+        try:
+            value = rule.parse(text)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise argparse.ArgumentTypeError(f"{e}, got {_shown(text)}") from None
+        problem = rule.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {_shown(text)}")
+        return value
+    convert.__name__ = rule.kind.__name__
+    convert.rule = rule  # what the flag accepts, for help and tests
+    return convert
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose complaints are UserErrors: under utils.run_cli they print as one
+    line, `error: --flag: ...`, with exit code 2 like every other user error."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ", "", " ".join(str(message).split()))
+        # a long value quoted in argparse's message is cut short, as _shown does
+        message = re.sub(r"""(['"])([^'"]{57})[^'"]{4,}\1""", r"\1\2...\1", message)
+        raise UserError(message if len(message) <= 300 else message[:297] + "...")
+
+
+def stage_list(text: str) -> list:
+    """--stages: a comma-separated list of 1 and 2 (bench.py)."""
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    if not stages or any(s not in ("1", "2") for s in stages):
+        raise argparse.ArgumentTypeError(f"expected 1, 2 or 1,2, got {_shown(text)}")
+    return [int(s) for s in stages]
 
 # fields whose values change the shape of the networks: a checkpoint only loads
 # into a model built with the same values

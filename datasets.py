@@ -28,13 +28,14 @@ memory map and augments on tensors (flip, small shift/zoom).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import hashlib
+import io
 import json
 import os
 import re
+import stat
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -44,12 +45,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
-from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATTERN_ALIASES, PATTERNS,
-                    Config)
-from utils import UserError, _atomic_write, run_cli
+from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATH, PATTERN_ALIASES, PATTERNS,
+                    TEXT, CliParser, Config, flag_type, power_of_two, whole)
+from utils import UserError, _atomic_write, clean_text, first_line, read_json, run_cli
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
 COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size
@@ -58,7 +59,7 @@ KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt",
                 "t-shirts": "t-shirt", "dress": "dress", "dresses": "dress", "pants": "pants",
                 "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
                 "footwear": "shoes"}
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: photos with an EXIF orientation are cached upright
 
 
 # ---------------------------------------------------------------------------- reading
@@ -72,16 +73,13 @@ def read_captions(data_dir) -> tuple[dict, int]:
     if not path.is_file():
         raise UserError(f"{path} is missing: a DFMM folder needs captions.json "
                         '({"<image>.jpg": "<caption>"})')
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not valid JSON: {e}") from None
+    raw = read_json(path, "captions file")
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a JSON object mapping image names to captions, "
                         f"found a {type(raw).__name__}")
-    good = {k: " ".join(v.split()) for k, v in raw.items()
-            if isinstance(k, str) and isinstance(v, str) and v.strip()}
+    # lone UTF-16 surrogates ("\ud800" is valid JSON) cannot be encoded: replaced by U+FFFD
+    good = {clean_text(k): " ".join(clean_text(v).split()) for k, v in raw.items()
+            if isinstance(v, str) and v.strip()}
     return good, len(raw) - len(good)
 
 
@@ -94,12 +92,32 @@ def read_labels_csv(data_dir) -> dict | None:
     path = Path(data_dir) / "labels.csv"
     if not path.is_file():
         return None
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "image" not in reader.fieldnames or "category" not in reader.fieldnames:
-            raise UserError(f"{path} needs the columns 'image' and 'category'")
-        return {r["image"]: (normalise_kind(r["category"]), (r.get("split") or "train").strip())
-                for r in reader}
+    try:
+        rows = list(csv.reader(io.StringIO(decode_text(path.read_bytes()), newline="")))
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    except csv.Error as e:
+        raise UserError(f"{path} is not a readable CSV file: {first_line(e)}") from None
+    header = [h.strip().lower() for h in rows[0]] if rows else []
+    if "image" not in header or "category" not in header:
+        raise UserError(f"{path} needs the columns 'image' and 'category' in its first line")
+    col = {name: header.index(name) for name in ("image", "category", "split") if name in header}
+
+    def cell(row, name, default=""):
+        i = col.get(name)
+        return row[i].strip() if i is not None and i < len(row) else default
+
+    return {cell(r, "image"): (normalise_kind(cell(r, "category")), cell(r, "split") or "train")
+            for r in rows[1:] if cell(r, "image")}
+
+
+def decode_text(data: bytes) -> str:
+    """Text of a small label file: UTF-8 (a leading byte-order mark is dropped), else
+    Latin-1, in which every byte is a character (spreadsheets export it)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
 
 
 def kind_from_name(name: str, category_map: dict):
@@ -239,13 +257,15 @@ def read_texture_labels(data_dir) -> dict:
     out: dict = {}
     for what, names in (("pattern", PATTERNS), ("fabric", FABRICS)):
         path = Path(data_dir) / "labels" / "texture" / f"{what}_ann.txt"
+        if not path.is_file():  # missing, or a folder or pipe that would not read
+            continue
         try:
             lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             continue
         for line in lines:
             parts = line.split()
-            if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
+            if len(parts) != 4 or not all(p.isascii() and p.isdigit() for p in parts[1:]):
                 continue
             out.setdefault(parts[0], {})[what] = [names[int(p)] if int(p) < len(names) else None
                                                   for p in parts[1:]]
@@ -302,6 +322,18 @@ class Job:
     split: str
     shoes: bool  # also cut a shoes sample from the parsing map
     texture: dict  # read_texture_labels entry ({} when the folder has none)
+    stamp: tuple = ()  # (size, mtime) of the photo and of its parsing map (None: no map)
+
+
+def file_stamp(path: Path):
+    """(size, modification time in ns) of a regular file, following links; None when
+    there is none (missing, a dangling link, a folder) or it cannot be read. A changed
+    file changes its stamp, and so the cache key."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
 
 
 def list_jobs(data_dir, cfg: Config):
@@ -323,6 +355,10 @@ def list_jobs(data_dir, cfg: Config):
         if name not in present:
             skipped["image file missing"] += 1
             continue
+        photo = file_stamp(img_dir / name)
+        if photo is None:  # a dangling link, a folder, no permission
+            skipped["unreadable image"] += 1
+            continue
         if labels is not None:
             kind, split = labels.get(name, (None, "train"))
             shoes = False  # labels.csv names the shoe images itself
@@ -331,7 +367,8 @@ def list_jobs(data_dir, cfg: Config):
             shoes = has_segm and segm_path(data_dir, name).is_file()
         if kind is None and not shoes:
             continue  # a kind we do not keep (Shorts, Skirts, ...): not an error
-        jobs.append(Job(name, kind, captions[name], split, shoes, texture.get(name, {})))
+        stamp = (photo, file_stamp(segm_path(data_dir, name)) if has_segm else None)
+        jobs.append(Job(name, kind, captions[name], split, shoes, texture.get(name, {}), stamp))
     if not jobs and captions and not any(n in present for n in captions):
         raise UserError(f"none of the {len(captions)} images named in captions.json is in {img_dir}")
     return jobs, skipped, captions
@@ -369,10 +406,30 @@ def _region_box(segm: np.ndarray | None, label: int, min_frac: float):
     return xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
 
 
+_SWAPPED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that turn the photo by 90 degrees
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        return int(img.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: read the pixels as stored
+        return 1
+
+
+def _upright_size(path: Path) -> tuple:
+    """(width, height) of the photo as it is shown (its EXIF orientation applied)."""
+    with Image.open(path) as img:
+        w, h = img.size
+        return (h, w) if _orientation(img) in _SWAPPED_ORIENTATIONS else (w, h)
+
+
 def _open_rgb(path: Path, size: int) -> Image.Image:
+    """The photo upright (EXIF orientation applied) in RGB, transparency on white."""
     img = Image.open(path)
     if img.format == "JPEG":
         img.draft("RGB", (size * 2, size * 2))  # decode at a reduced scale: much faster
+    if _orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -389,24 +446,17 @@ def _process(args):
         path = Path(data_dir) / "images" / job.image
         if path.stat().st_size == 0:
             return [], ["unreadable image"]
-        orig = Image.open(path).size
+        orig = _upright_size(path)
         img = _open_rgb(path, size)
-    except Exception:  # truncated, not an image, decompression bomb, ...
+        # colours are measured on one fixed decoding of the photo, whatever the cache
+        # size, so every cache resolution derives the same captions
+        probe = _open_rgb(path, COLOUR_PROBE_SIZE) if size != COLOUR_PROBE_SIZE else img
+    except Exception:  # truncated, not an image, decompression bomb, a dangling link, ...
         return [], ["unreadable image"]
-    segm, notes = None, []
-    sp = segm_path(data_dir, job.image)
-    if sp.is_file():
-        try:
-            s = Image.open(sp)
-            if s.size == orig:
-                segm = np.asarray(s.convert("L") if s.mode not in ("L", "P") else s)
-        except Exception:
-            pass
-        if segm is None:
-            notes.append("segm map unreadable or of another size (photo kept uncropped)")
-    # colours are measured on one fixed decoding of the photo, whatever the cache size,
-    # so every cache resolution derives the same captions
-    probe = _open_rgb(path, COLOUR_PROBE_SIZE) if size != COLOUR_PROBE_SIZE else img
+    segm, notes = _read_segm(segm_path(data_dir, job.image), orig), []
+    if segm is False:
+        segm = None
+        notes.append("segm map unreadable or of another size (photo kept uncropped)")
     probe_px = np.asarray(probe)
 
     def scaled(box, im):
@@ -443,18 +493,53 @@ def _process(args):
     return out, notes
 
 
+def _read_segm(path: Path, size: tuple):
+    """The parsing map at `path` as a (H, W) array of label ids; None when there is no
+    map; False when it cannot be read or is not of the photo's (upright) `size`."""
+    if not path.is_file():
+        return None
+    try:
+        with Image.open(path) as s:
+            if s.size != tuple(size):
+                return False
+            return np.asarray(s.convert("L") if s.mode not in ("L", "P") else s)
+    except Exception:  # not an image, truncated, decompression bomb, ...
+        return False
+
+
 def _cache_key(data_dir, jobs, cfg: Config, size: int) -> str:
+    """A hash of everything the cached samples depend on: settings, vocabulary, and per
+    photo its caption, kind, split, texture labels and the size and modification time
+    of the photo and of its parsing map."""
     h = hashlib.sha256()
     # the derived captions depend on the vocabulary (colour shades, pattern names) too
     h.update(json.dumps([CACHE_VERSION, size, cfg.min_region_frac, cfg.crop_margin,
                          cfg.category_map, cfg.parsing_labels, COLOURS, COLOUR_ALIASES, PATTERNS,
                          PATTERN_ALIASES, FABRICS, COLOUR_PROBE_SIZE], sort_keys=True).encode())
-    img_dir = Path(data_dir) / "images"
     for j in jobs:
-        st = (img_dir / j.image).stat()
-        h.update(f"{j.image}|{j.kind}|{j.caption}|{j.split}|{j.shoes}|{st.st_size}|{st.st_mtime_ns}|"
-                 f"{json.dumps(j.texture, sort_keys=True)}\n".encode())
+        h.update(f"{j.image}|{j.kind}|{j.caption}|{j.split}|{j.shoes}|{j.stamp}|"
+                 f"{json.dumps(j.texture, sort_keys=True)}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()
+
+
+def _cached_index(idx_path: Path, npy: Path, key: str, size: int):
+    """The index at idx_path when it belongs to `key` and its image array is whole, else
+    None (missing, stale, damaged or written by another version: it is rebuilt)."""
+    if not (idx_path.is_file() and npy.is_file()):
+        return None
+    try:
+        index = read_json(idx_path, "image cache index")
+        if not isinstance(index, dict) or index.get("key") != key:
+            return None
+        n = index["n"]
+        fields = ("kinds", "captions", "sources", "colours", "patterns", "images", "splits")
+        if not all(isinstance(index[f], list) and len(index[f]) == n for f in fields):
+            return None
+        if np.load(npy, mmap_mode="r").shape != (n, size, size, 3):
+            return None
+    except (UserError, KeyError, TypeError, ValueError, OSError):
+        return None
+    return index
 
 
 def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None = None) -> dict:
@@ -469,20 +554,20 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
     cache_dir = cfg.resolved_cache_dir()
     npy, idx_path = cache_dir / f"images_{size}.npy", cache_dir / f"index_{size}.json"
     key = _cache_key(data_dir, jobs, cfg, size)
-    if idx_path.is_file() and npy.is_file():
-        try:
-            index = json.loads(idx_path.read_text())
-            if index.get("key") == key:
-                index["images_path"] = str(npy)
-                return index
-        except (OSError, json.JSONDecodeError):
-            pass
+    index = _cached_index(idx_path, npy, key, size)
+    if index is not None:
+        # the photos skipped before decoding (missing, ...) are counted afresh: captions
+        # naming missing images do not change the cached samples, only this count
+        index["skipped"] = dict(skipped + Counter(index.get("decode_skipped", {})))
+        index["images_path"] = str(npy)
+        return index
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the image cache {cache_dir}: {e.strerror}; "
                         "set --cache_dir to a writable folder") from None
     workers = workers or min(4, os.cpu_count() or 1)
+    listed_skipped = Counter(skipped)
     tasks = [(str(data_dir), j, size, cfg.parsing_labels, cfg.min_region_frac, cfg.crop_margin)
              for j in jobs]
     tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
@@ -490,7 +575,12 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
                             "splits")}
     notes = Counter()
     n_alloc = max(1, len(jobs) + sum(j.shoes for j in jobs))
-    arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n_alloc, size, size, 3))
+    try:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(n_alloc, size, size, 3))
+    except OSError as e:
+        raise UserError(f"cannot write the image cache in {cache_dir}: {e.strerror or e}; "
+                        "set --cache_dir to a writable folder") from None
     n = 0
     try:
         if workers > 1 and len(tasks) > 64:
@@ -532,8 +622,9 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
             if p.exists():
                 p.unlink()
         raise
+    decode_skipped = skipped - listed_skipped
     index = {"key": key, "size": size, "n": n, **meta, "skipped": dict(skipped),
-             "notes": dict(notes)}
+             "decode_skipped": dict(decode_skipped), "notes": dict(notes)}
     _atomic_write(idx_path, lambda f: f.write(json.dumps(index).encode()))
     index["images_path"] = str(npy)
     return index
@@ -739,6 +830,9 @@ def load_data(cfg: Config, size: int, split: str | None = "train", progress: boo
     emb = lookup(texts, captions, cfg.resolved_embeddings_path(), cfg.text_model,
                  data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
         np.zeros((0, cfg.text_dim), np.float32)
+    if emb.shape[1] != cfg.text_dim:
+        raise UserError(f"--text_dim {cfg.text_dim} does not fit the text model "
+                        f"{cfg.text_model!r}, whose vectors have {emb.shape[1]} dimensions")
     return FashionData(index, emb, split=split, max_samples=cfg.max_samples)
 
 
@@ -757,20 +851,22 @@ def show_samples(index: dict, n: int) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description="Count the garment kinds of a DFMM-layout folder "
-                                            "and build its image cache.")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--size", type=int, default=64, help="cache resolution to build (default 64)")
-    p.add_argument("--cache_dir", default=None)
-    p.add_argument("--show", type=int, default=0, metavar="N",
+def build_parser() -> CliParser:
+    p = CliParser(description="Count the garment kinds of a DFMM-layout folder and build its "
+                              "image cache.")
+    p.add_argument("--data_dir", required=True, type=flag_type(TEXT))
+    p.add_argument("--size", type=flag_type(power_of_two(8, 2048)), default=64,
+                   help="cache resolution to build (default 64)")
+    p.add_argument("--cache_dir", type=flag_type(PATH), default=None)
+    p.add_argument("--show", type=flag_type(whole(0, 100_000)), default=0, metavar="N",
                    help="also print N samples with their source caption and derived captions")
-    args = p.parse_args(argv)
+    return p
 
+
+def main(argv=None) -> int:
     def job():
-        if args.size < 4 or args.show < 0:
-            raise UserError("--size must be at least 4 and --show at least 0")
-        cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir)
+        args = build_parser().parse_args(argv)
+        cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir).validate()
         index = prepare(cfg, args.size)
         counts = Counter(index["kinds"])
         for kind in KINDS:

@@ -76,9 +76,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import COLOURS, KINDS, PATTERNS, Config
+from config import (COLOURS, DEVICE, FIELD_RULES, KINDS, PATH, PATTERNS, SEED, TEXT, CliParser,
+                    Config, flag_type, whole)
 from utils import (UserError, _atomic_write, check_writable_dir, init_wandb, resolve_device,
-                   run_cli, save_grid)
+                   run_cli, save_checkpoint, save_grid, verify_checksums)
 
 FEATNET_VERSION = "garment-featnet-v2"
 FEAT_SIZE = 64  # the feature net works on 64 px images
@@ -344,7 +345,7 @@ def load_or_train_feature_net(cfg: Config, data, train_idx, heldout_idx, index_k
     if path.is_file():
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-            if obj.get("version") == FEATNET_VERSION and obj.get("key") == key \
+            if verify_checksums(obj, path) and obj.get("version") == FEATNET_VERSION and obj.get("key") == key \
                     and list(obj.get("kinds", ())) == list(KINDS) \
                     and list(obj.get("colours", ())) == list(COLOUR_NAMES) \
                     and list(obj.get("patterns", ())) == list(PATTERN_NAMES):
@@ -373,8 +374,7 @@ def load_or_train_feature_net(cfg: Config, data, train_idx, heldout_idx, index_k
            "colours": list(COLOUR_NAMES), "patterns": list(PATTERN_NAMES), "kinds": list(KINDS),
            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "info": info}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, lambda f: torch.save(obj, f))
+        save_checkpoint(obj, path)  # with checksums: a damaged cache is trained again
     except OSError as e:
         print(f"could not cache the feature net in {path.parent} ({e.strerror or e}); "
               "it will be trained again next time (set --cache_dir to a writable folder)")
@@ -680,24 +680,30 @@ def print_table(m: dict):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Evaluate a generator checkpoint against held-out "
-                                            "real garments with the repo's garment feature net.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--net_g", required=True, help="generator checkpoint (Stage I or II)")
-    p.add_argument("--data_dir", default=None,
+    p = CliParser(description="Evaluate a generator checkpoint against held-out real garments "
+                              "with the repo's garment feature net.",
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--net_g", required=True, type=flag_type(TEXT),
+                   help="generator checkpoint (Stage I or II)")
+    p.add_argument("--data_dir", default=None, type=flag_type(PATH),
                    help="DFMM-layout folder; omitted: the built-in synthetic garments")
-    p.add_argument("--n_per_kind", type=int, default=100, help="generated images per kind")
-    p.add_argument("--k", type=int, default=10, help="candidate captions per image for R-precision")
-    p.add_argument("--out_dir", default="output", help="results go to OUT_DIR/eval/")
-    p.add_argument("--cache_dir", default=None, help="image and feature-net cache "
-                                                     "(default: DATA_DIR/cache)")
-    p.add_argument("--embeddings_path", default=None,
+    p.add_argument("--n_per_kind", type=flag_type(whole(1, 100_000)), default=100,
+                   help="generated images per kind")
+    p.add_argument("--k", type=flag_type(whole(2, 1000)), default=10,
+                   help="candidate captions per image for R-precision")
+    p.add_argument("--out_dir", default="output", type=flag_type(TEXT),
+                   help="results go to OUT_DIR/eval/")
+    p.add_argument("--cache_dir", default=None, type=flag_type(PATH),
+                   help="image and feature-net cache (default: DATA_DIR/cache)")
+    p.add_argument("--embeddings_path", default=None, type=flag_type(PATH),
                    help="caption embeddings cache (default: DATA_DIR/embeddings.pickle)")
-    p.add_argument("--feat_epochs", type=int, default=FEAT_EPOCHS,
+    p.add_argument("--feat_epochs", type=flag_type(whole(1, 10_000)), default=FEAT_EPOCHS,
                    help="training epochs of the feature net (part of its cache key)")
-    p.add_argument("--seed", type=int, default=0, help="caption choice and generator noise")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--num_threads", type=int, default=0,
+    p.add_argument("--seed", type=flag_type(SEED), default=0,
+                   help="caption choice and generator noise")
+    p.add_argument("--device", default="auto", type=flag_type(DEVICE),
+                   help="auto | cpu | cuda | cuda:N | mps")
+    p.add_argument("--num_threads", type=flag_type(FIELD_RULES["num_threads"]), default=0,
                    help="CPU threads for torch (0: torch's default; 1 is faster on a busy CPU)")
     p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
                    default=None, help="WandB mode (default: offline unless WANDB_API_KEY is set)")
@@ -705,13 +711,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
-                 embeddings_path=args.embeddings_path, seed=args.seed, device=args.device,
-                 num_threads=args.num_threads,
-                 out_dir=args.out_dir, wandb_mode=args.wandb_mode)
-    return run_cli(lambda: evaluate(args.net_g, cfg, n_per_kind=args.n_per_kind, k=args.k,
-                                    feat_epochs=args.feat_epochs))
+    def job():
+        args = build_parser().parse_args(argv)
+        cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
+                     embeddings_path=args.embeddings_path, seed=args.seed, device=args.device,
+                     num_threads=args.num_threads, out_dir=args.out_dir,
+                     wandb_mode=args.wandb_mode).validate()
+        evaluate(args.net_g, cfg, n_per_kind=args.n_per_kind, k=args.k,
+                 feat_epochs=args.feat_epochs)
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ exactly like the training captions.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -28,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from utils import UserError, _atomic_write, first_line
+from config import PATH, TEXT, CliParser, Config, flag_type, whole
+from utils import UserError, _atomic_write, first_line, run_cli
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -129,6 +129,8 @@ def read_cache(path) -> dict:
     if vecs.ndim != 2 or len(vecs) != len(texts):
         raise UserError(f"{path} holds {len(texts)} texts but vectors of shape "
                         f"{tuple(vecs.shape)}; {redo}")
+    if not np.isfinite(vecs).all():
+        raise UserError(f"{path} holds vectors that are not finite numbers (damaged); {redo}")
     return {**meta, "texts": texts, "embeddings": vecs}
 
 
@@ -165,33 +167,38 @@ def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, da
     return cache["embeddings"][[row[t] for t in texts]]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data_dir", required=True, help="DFMM-layout folder with captions.json")
-    p.add_argument("--text_model", default=DEFAULT_TEXT_MODEL,
+def build_parser() -> CliParser:
+    p = CliParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data_dir", required=True, type=flag_type(TEXT),
+                   help="DFMM-layout folder with captions.json")
+    p.add_argument("--text_model", default=DEFAULT_TEXT_MODEL, type=flag_type(TEXT),
                    help="SentenceTransformer name or path (default: bundled all-MiniLM-L6-v2)")
-    p.add_argument("--out", default=None, help="cache path (default: DATA_DIR/embeddings.pickle)")
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--cache_dir", default=None, help="image cache (default: DATA_DIR/cache)")
-    args = p.parse_args(argv)
-    from config import Config
-    from datasets import caption_texts, prepare, read_captions
-    try:
-        if args.batch_size < 1:
-            raise UserError(f"--batch_size must be at least 1, got {args.batch_size}")
+    p.add_argument("--out", default=None, type=flag_type(PATH),
+                   help="cache path (default: DATA_DIR/embeddings.pickle)")
+    p.add_argument("--batch_size", type=flag_type(whole(1, 65536)), default=256)
+    p.add_argument("--cache_dir", default=None, type=flag_type(PATH),
+                   help="image cache (default: DATA_DIR/cache)")
+    return p
+
+
+def main(argv=None) -> int:
+    def job():
+        args = build_parser().parse_args(argv)
+        from datasets import caption_texts, prepare, read_captions
+        cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
+                     text_model=args.text_model).validate()
         captions, bad = read_captions(args.data_dir)
         # the training captions are derived per garment sample (datasets.derive_captions),
         # which reads the images: build (or reuse) the 64 px cache that holds them
-        index = prepare(Config(data_dir=args.data_dir, cache_dir=args.cache_dir), 64)
+        index = prepare(cfg, 64)
         texts = caption_texts(index)
         out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
         cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment samples x "
-          f"{cache['dim']} dims" + (f" ({bad} unusable captions skipped)" if bad else ""))
-    return 0
+        print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment "
+              f"samples x {cache['dim']} dims"
+              + (f" ({bad} unusable captions skipped)" if bad else ""))
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":

@@ -27,9 +27,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from config import ARCH_FIELDS, BUILTIN_PRESET, KINDS, Config
+from config import (ARCH_FIELDS, BUILTIN_PRESET, FIELD_RULES, KINDS, CliParser, Config,
+                    flag_type, yes_no)
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
-                   discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
+                   clean_text, discriminator_loss, first_line, generator_loss, has_surrogates,
+                   init_wandb, load_checkpoint,
                    requires_grad, resolve_device, run_cli, save_checkpoint, save_grid, set_seed,
                    standing_stats, to_uint8, use_bf16)
 
@@ -45,42 +47,36 @@ DEFAULT_PROMPTS = [  # short typed prompts and DFMM-style sentences, two per kin
     "a pair of white shoes",
     "This lady wears a pair of ankle boots. The shoes are brown.",
 ]
+MIN_BATCH = FIELD_RULES["batch_size"].lo  # BatchNorm needs two images to train on
 DEBUG = dict(epochs=1, max_samples=64, batch_size=16, gf_dim=8, df_dim=8, snapshot_interval=1,
              builtin_per_kind=20, builtin_dir="data/synthetic_debug", n_samples=4, log_interval=1)
 
 
 # ---------------------------------------------------------------------------- CLI
 
-def yes_no(v: str) -> bool:
-    v = v.strip().lower()
-    if v in ("y", "yes", "true", "1"):
-        return True
-    if v in ("n", "no", "false", "0"):
-        return False
-    raise argparse.ArgumentTypeError("expected y or n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Text-to-fashion StackGAN: train or generate.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = CliParser(description="Text-to-fashion StackGAN: train or generate.",
+                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--train", type=yes_no, default=True, help="y: train; n: generate sample grids")
     p.add_argument("--stage", type=int, choices=(1, 2), default=None,
                    help="1: 64px Stage I; 2: 256px Stage II (training default 1; generation: "
                         "the checkpoint's)")
-    p.add_argument("--data_dir", default=None,
+    path = flag_type(FIELD_RULES["data_dir"])  # a file or folder name
+    p.add_argument("--data_dir", default=None, type=path,
                    help="DFMM-layout folder; omitted: the built-in synthetic garments")
-    p.add_argument("--stage1_g", default=None, help="Stage-I checkpoint (required for Stage II)")
-    p.add_argument("--net_g", default=None,
+    p.add_argument("--stage1_g", default=None, type=path,
+                   help="Stage-I checkpoint (required for Stage II)")
+    p.add_argument("--net_g", default=None, type=path,
                    help="generator checkpoint for --train n (default: OUT_DIR/stage2/last.pt, "
                         "else OUT_DIR/stage1/last.pt)")
     p.add_argument("--prompt", action="append", default=None,
                    help="text to draw (repeatable); default: one prompt set covering all kinds")
-    p.add_argument("--prompts_file", default=None, help="file with one prompt per line")
+    p.add_argument("--prompts_file", default=None, type=path, help="file with one prompt per line")
     p.add_argument("--sweep", choices=("colour", "pattern"), default=None,
                    help="prompts that vary one attribute of one garment: eight colours, or five "
                         "patterns (with --sweep_kind)")
     p.add_argument("--sweep_kind", choices=KINDS, default="dress", help="the garment of --sweep")
-    p.add_argument("--resume", default=None, metavar="PATH|auto",
+    p.add_argument("--resume", default=None, metavar="PATH|auto", type=path,
                    help="continue training from a checkpoint (auto: OUT_DIR/stage<N>/last.pt)")
     p.add_argument("--debug", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
@@ -89,8 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(Config):
         if f.name in given or f.type not in ("int", "float", "str", "bool", "Optional[str]"):
             continue
-        typ = {"int": int, "float": float, "bool": yes_no}.get(f.type, str)
-        p.add_argument(f"--{f.name}", type=typ, default=None,
+        p.add_argument(f"--{f.name}", type=flag_type(FIELD_RULES[f.name]), default=None,
                        help=f"(config, default {f.default!r})")
     return p
 
@@ -105,11 +100,7 @@ def make_config(args) -> tuple[Config, set]:
     if args.debug:
         values.update(DEBUG)
     values.update(explicit)
-    try:
-        cfg = Config(**values).validate()
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    return cfg, set(explicit)
+    return Config(**values).validate(), set(explicit)
 
 
 # ---------------------------------------------------------------------------- models
@@ -255,7 +246,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     resume_path = resolve_resume(resume, out)
     state = None
     if resume_path is not None:
-        state = load_checkpoint(resume_path)
+        state = load_checkpoint(resume_path, resume=True)
         saved = Config.from_dict(state["config"])
         if saved.stage != cfg.stage:
             raise UserError(f"{resume_path} is a Stage-{saved.stage} checkpoint; this run trains "
@@ -296,7 +287,12 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         counts = ", ".join(f"{k} {data.kinds.count(k)}" for k in KINDS)
         print(f"stage {cfg.stage}: {len(data)} training images ({counts})")
     if len(data) < cfg.batch_size * world:
-        cfg = dataclasses.replace(cfg, batch_size=max(2, len(data) // world))
+        if len(data) < MIN_BATCH * world:
+            raise UserError(f"{len(data)} usable training image{'s'[:len(data) != 1]}: a batch "
+                            f"needs at least {MIN_BATCH} per process ({MIN_BATCH * world} "
+                            f"here), so nothing would train; add images or check the skipped "
+                            "ones (python datasets.py --data_dir DIR)")
+        cfg = dataclasses.replace(cfg, batch_size=len(data) // world)
         print(f"fewer images than a batch: batch size set to {cfg.batch_size}")
 
     set_seed(cfg.seed)  # identical initial weights on every rank
@@ -311,12 +307,16 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     torch.manual_seed(cfg.seed + rank)  # noise and condition samples differ per rank
     start_epoch, start_batch, step = 0, 0, 0
     if state is not None:
-        netG.load_state_dict(state["netG"])
-        netD.load_state_dict(state["netD"])
-        if netG_ema is not None:
-            netG_ema.load_state_dict(state.get("netG_ema") or state["netG"])
-        for obj, key in ((optG, "optG"), (optD, "optD"), (schedG, "schedG"), (schedD, "schedD")):
-            obj.load_state_dict(state[key])
+        try:
+            netG.load_state_dict(state["netG"])
+            netD.load_state_dict(state["netD"])
+            if netG_ema is not None:
+                netG_ema.load_state_dict(state.get("netG_ema") or state["netG"])
+            for obj, key in ((optG, "optG"), (optD, "optD"), (schedG, "schedG"), (schedD, "schedD")):
+                obj.load_state_dict(state[key])
+        except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise UserError(f"cannot resume from {resume_path}: its state does not fit this "
+                            f"run ({first_line(e)})") from None
         start_epoch, start_batch, step = state["epoch"], state.get("batch", 0), state["step"]
         print(f"resumed from {resume_path} at epoch {start_epoch + 1}, step {step}")
 
@@ -335,7 +335,11 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     data.to(device)  # CUDA: the image cache and every table on the device when they fit
     gen = torch.Generator(device=data.device).manual_seed(cfg.seed + rank)  # augmentation, "wrong" pairs
     if state is not None and state.get("rng") and world == 1:
-        set_rng_state(state["rng"], gen)
+        try:
+            set_rng_state(state["rng"], gen)
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"cannot resume from {resume_path}: its random state does not fit "
+                            f"this run ({first_line(e)})") from None
     bf16 = use_bf16(cfg.amp, device)
     if main_proc:
         print(f"device {device}, bf16 autocast {'on' if bf16 else 'off'}, "
@@ -573,6 +577,10 @@ def read_prompts(prompts, prompts_file) -> list[str]:
     cleaned = [" ".join(p.split()) for p in out]
     if not cleaned or any(not p for p in cleaned):
         raise UserError("a prompt is empty: give some text, e.g. --prompt \"red dress with lace\"")
+    for i, p in enumerate(cleaned):
+        if has_surrogates(p):  # bytes that are not UTF-8 on the command line
+            raise UserError(f"prompt {i + 1} is not UTF-8 text ({clean_text(p)[:40]!r}): pass "
+                            "prompts in UTF-8")
     return cleaned
 
 
@@ -635,9 +643,8 @@ def generate(cfg: Config, net_g, prompts, stage=None, name: str = "grid") -> Pat
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-
     def job():
+        args = build_parser().parse_args(argv)
         cfg, explicit = make_config(args)
         if args.train:
             train(dataclasses.replace(cfg, stage=args.stage or 1), explicit, args.stage1_g,

@@ -63,13 +63,13 @@ so the same seed writes byte-identical files whatever the number of workers.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
 import os
 import pathlib
 import shutil
+import sys
 from collections import Counter
 from functools import lru_cache
 
@@ -77,6 +77,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from config import PATTERNS as VOCAB_PATTERNS
+from config import SEED, TEXT, CliParser, UserError, flag_type, whole
 
 VERSION = 2
 
@@ -941,6 +942,10 @@ def _looks_generated(path):
     return any((path / x).exists() for x in (".complete", "captions.json", "labels.csv", "images", "segm"))
 
 
+class NotSyntheticError(UserError, FileExistsError):
+    """The output folder holds something else: a one-line error on every command line."""
+
+
 def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progress=True,
                    workers=None):
     """Write the synthetic dataset to ``out_dir`` and return its path.
@@ -957,7 +962,8 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
     if n_per_kind < 1:
         raise ValueError("n_per_kind must be >= 1")
     if out_dir.exists() and any(out_dir.iterdir()) and not _looks_generated(out_dir):
-        raise FileExistsError(f"{out_dir} exists and does not hold a synthetic dataset; not replacing it")
+        raise NotSyntheticError(f"{out_dir} exists and does not hold a synthetic dataset; "
+                                "not replacing it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -1023,9 +1029,10 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
 def read_params(out_dir):
     """The parameters recorded in ``out_dir/.complete``, or None."""
     try:
-        return json.loads((pathlib.Path(out_dir) / ".complete").read_text())
-    except (OSError, ValueError):
+        params = json.loads((pathlib.Path(out_dir) / ".complete").read_text())
+    except (OSError, ValueError, RecursionError):
         return None
+    return params if isinstance(params, dict) else None
 
 
 def ensure_synthetic(out_dir, n_per_kind=600, seed=0, **kw):
@@ -1042,24 +1049,41 @@ def ensure_synthetic(out_dir, n_per_kind=600, seed=0, **kw):
     return make_synthetic(out_dir, n_per_kind=n_per_kind, seed=seed, **kw)
 
 
-def _main(argv=None):
-    ap = argparse.ArgumentParser(description="Write the synthetic garment dataset (DFMM layout).")
-    ap.add_argument("--out", required=True, help="output directory")
-    ap.add_argument("--n_per_kind", type=int, default=600, help="images per kind (default 600)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--width", type=int, default=256)
-    ap.add_argument("--height", type=int, default=376)
-    ap.add_argument("--workers", type=int, default=None, help="processes (default: all CPUs)")
+def build_parser() -> CliParser:
+    ap = CliParser(description="Write the synthetic garment dataset (DFMM layout).")
+    ap.add_argument("--out", required=True, type=flag_type(TEXT), help="output directory")
+    ap.add_argument("--n_per_kind", type=flag_type(whole(1, 100_000)), default=600,
+                    help="images per kind (default 600)")
+    ap.add_argument("--seed", type=flag_type(SEED), default=0)
+    ap.add_argument("--width", type=flag_type(whole(16, 4096)), default=256)
+    ap.add_argument("--height", type=flag_type(whole(16, 4096)), default=376)
+    ap.add_argument("--workers", type=flag_type(whole(1, 256)), default=None,
+                    help="processes (default: all CPUs)")
     ap.add_argument("--no_progress", action="store_true")
-    args = ap.parse_args(argv)
-    out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed, width=args.width,
-                         height=args.height, progress=not args.no_progress, workers=args.workers)
-    with open(out / "labels.csv", newline="", encoding="utf-8") as f:
-        counts = Counter(row["category"] for row in csv.DictReader(f))
-    print(f"wrote {sum(counts.values())} images to {out}")
-    for kind in KINDS:
-        print(f"  {kind}: {counts.get(kind, 0)}")
+    return ap
+
+
+def _main(argv=None):
+    from utils import run_cli  # torch: imported only by the command line
+
+    def job():
+        args = build_parser().parse_args(argv)
+        try:
+            out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed,
+                                 width=args.width, height=args.height,
+                                 progress=not args.no_progress, workers=args.workers)
+        except OSError as e:  # not writable, disk full, ...
+            if isinstance(e, UserError):
+                raise
+            raise UserError(f"cannot write {args.out}: {e.strerror or e}") from None
+        with open(out / "labels.csv", newline="", encoding="utf-8") as f:
+            counts = Counter(row["category"] for row in csv.DictReader(f))
+        print(f"wrote {sum(counts.values())} images to {out}")
+        for kind in KINDS:
+            print(f"  {kind}: {counts.get(kind, 0)}")
+
+    return run_cli(job)
 
 
 if __name__ == "__main__":
-    _main()
+    sys.exit(_main())

@@ -1,8 +1,11 @@
 """Helpers shared by training and generation: losses, grids, checkpoints, logging."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
+import re
 import sys
 import tempfile
 import textwrap
@@ -13,11 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from config import ARCH_FIELDS, Config
-
-
-class UserError(Exception):
-    """A problem with the user's input or files; main.py prints it without a traceback."""
+from config import ARCH_FIELDS, Config, UserError
 
 
 def run_cli(job) -> int:
@@ -39,6 +38,41 @@ def first_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+# ------------------------------------------------------------------------- reading
+#
+# Every file the repository reads from a user goes through one reader per kind: JSON
+# here, captions/labels/images/parsing maps in datasets.py, embeddings in
+# get_embeddings.py, checkpoints below. Each gives the data or a one-line UserError.
+
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def has_surrogates(text: str) -> bool:
+    """True for text holding lone UTF-16 surrogates: valid in JSON ("\\ud800") and what
+    Python makes of bytes that are not UTF-8 on a command line; no encoder accepts them."""
+    return _SURROGATE_RE.search(text) is not None
+
+
+def clean_text(text: str) -> str:
+    """`text` with every lone surrogate replaced by U+FFFD (the replacement character)."""
+    return _SURROGATE_RE.sub("\ufffd", text)
+
+
+def read_json(path, what: str = "file"):
+    """The JSON value in the file at `path` (UTF-8, a leading byte-order mark allowed); a
+    UserError naming it when it cannot be read, is not UTF-8 JSON, is nested too deeply to
+    read, or holds a number too long to read."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except OSError as e:
+        raise UserError(f"cannot read the {what} {path}: {e.strerror or e}") from None
+    except RecursionError:
+        raise UserError(f"{path} is not a usable {what}: its JSON is nested too deeply") from None
+    except ValueError as e:  # bad JSON, not UTF-8, an integer of more than 4,300 digits
+        raise UserError(f"{path} is not valid JSON: {first_line(e)}") from None
+
+
 # ---------------------------------------------------------------------------- misc
 
 def set_seed(seed: int):
@@ -50,9 +84,15 @@ def set_seed(seed: int):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    dev = torch.device(name)  # the form was checked by config.DEVICE
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA "
+                        "device(s), numbered from 0")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: Apple's MPS is not available on this machine "
+                        "(use --device cpu)")
     return dev
 
 
@@ -360,40 +400,161 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, captions=None, row_labe
 
 # --------------------------------------------------------------------- checkpoints
 
+class WriteError(UserError, OSError):
+    """A file that could not be written (a folder that is not writable, a full disk): a
+    one-line error for the command lines, and still an OSError for callers that carry on."""
+
+
 def _atomic_write(path: Path, write):
     """Write through a temporary file in the same folder, then rename over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e} (choose a writable "
+                         "folder)") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 
+# the entries of a training checkpoint; a generator needs the first two (and
+# stage1_config for Stage II), resuming a training run needs RESUME_KEYS too
+CHECKPOINT_KEYS = ("netG", "config", "netD", "netG_ema", "optG", "optD", "schedG", "schedD",
+                   "epoch", "batch", "step", "rng", "wandb_id", "stage1_config")
+RESUME_KEYS = ("netD", "optG", "optD", "schedG", "schedD", "epoch", "step")
+
+
+def _feed(h, obj):
+    """Hash `obj` (nested dicts, lists, tensors, plain values) in a canonical order."""
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}:".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__[0]}{len(obj)}:".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"{type(obj).__name__}={obj!r};".encode("utf-8", "surrogatepass"))
+
+
+def checksums(state: dict) -> dict:
+    """{entry: sha256 hex digest of its tensors' bytes and its plain values} for every
+    entry of a checkpoint but "checksums" itself."""
+    out = {}
+    for key, value in state.items():
+        if key != "checksums":
+            h = hashlib.sha256()
+            _feed(h, value)
+            out[key] = h.hexdigest()
+    return out
+
+
+def verify_checksums(state: dict, path) -> bool:
+    """Check the checksums recorded in `state` (removing them from it): a UserError
+    "damaged checkpoint" naming the entries that differ. False when none are recorded."""
+    recorded = state.pop("checksums", None)
+    if recorded is None:
+        return False
+    actual = checksums(state)
+    if not isinstance(recorded, dict):
+        recorded = {}
+    bad = sorted(k for k in set(actual) | set(recorded) if actual.get(k) != recorded.get(k))
+    if bad:
+        raise UserError(f"damaged checkpoint: {path}: the checksums recorded when it was saved "
+                        f"do not match its entries {', '.join(map(str, bad))[:200]} (use another "
+                        "copy, e.g. one of checkpoints/*.pt)")
+    return True
+
+
 def save_checkpoint(state: dict, path) -> Path:
+    """Write `state` atomically with a checksum of every entry (load_checkpoint checks it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    state = {**state, "checksums": checksums(state)}
     _atomic_write(path, lambda f: torch.save(state, f))
     return path
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def torch_load_reason(e: BaseException) -> str:
+    """The gist of a torch.load failure in one short line (torch's own messages run to
+    paragraphs of advice, including loading the file with code execution allowed)."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0]
+        detail = detail.split(" Please use")[0].strip() or "unreadable data"
+        return f"it holds more than plain weights, refused ({detail[:150]})"
+    return first_line(e).split(". This is")[0][:200]
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, dict) and all(isinstance(k, str) and torch.is_tensor(v)
+                                         for k, v in obj.items())
+
+
+def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
+    """A checkpoint of this repo, read with pickles refused (nothing in it runs code) and
+    checked: its checksums, a generator state dict, a config within FIELD_RULES (and
+    with resume=True the optimizer, scheduler and step entries). Anything else is a
+    one-line UserError, raised before anything is written."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, truncated zip, foreign objects refused by weights_only
-        raise UserError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
+        raise UserError(f"{path} is not a readable checkpoint: {torch_load_reason(e)}") from None
     if not isinstance(state, dict) or "netG" not in state:
         raise UserError(f"{path} is not a checkpoint written by this repo (no 'netG' entry)")
+    checked = verify_checksums(state, path)
+    unknown = sorted(map(str, set(state) - set(CHECKPOINT_KEYS)))
+    if unknown and not checked:
+        raise UserError(f"{path} is not a checkpoint written by this repo (unknown entries: "
+                        f"{', '.join(unknown)[:200]})")
+    need = ("netG", "config") + (RESUME_KEYS if resume else ())
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise UserError(f"{path} lacks the entries {', '.join(missing)}: "
+                        + ("a training run resumes only from a checkpoint written by training"
+                           if resume else "it is not a generator checkpoint of this repo"))
+    for key in ("netG", "netD", "netG_ema"):
+        if key in state and not (_is_state_dict(state[key]) or (key != "netG" and state[key] is None)):
+            raise UserError(f"{path}: its '{key}' entry is not a state dict of weights")
+    if resume and not all(isinstance(state[k], int) and state[k] >= 0
+                          for k in ("epoch", "step") + (("batch",) if "batch" in state else ())):
+        raise UserError(f"{path}: its epoch, batch and step entries are not counts")
+    _checked_config(state, "config", path)
+    if state["config"].get("stage") == 2 or state.get("stage1_config") is not None:
+        _checked_config(state, "stage1_config", path)
+    if not checked:
+        print(f"note: {path} records no checksum (saved by an earlier version); loaded unchecked")
     return state
+
+
+def _checked_config(state: dict, key: str, path) -> None:
+    cfg = state.get(key)
+    if not isinstance(cfg, dict):
+        raise UserError(f"{path}: its '{key}' entry is not a config")
+    try:
+        Config.from_dict(cfg).validate()
+    except (UserError, TypeError) as e:
+        raise UserError(f"{path}: its '{key}' entry does not hold usable settings "
+                        f"({first_line(e)})") from None
 
 
 def check_arch(saved: dict, cfg: Config, path) -> None:

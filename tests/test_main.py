@@ -165,9 +165,9 @@ def test_training_with_every_small_data_switch(dfmm, tmp_path, capsys):
     assert "r1" in log.columns and (log["r1"] >= 0).all()
 
 
-@pytest.mark.parametrize("flag,value,msg", [("--loss", "wgan", "--loss 'wgan'"),
+@pytest.mark.parametrize("flag,value,msg", [("--loss", "wgan", "--loss: expected one of bce, hinge"),
                                             ("--diffaug", "rotate", "unknown policy"),
-                                            ("--batch_size", "0", "at least 1"),
+                                            ("--batch_size", "0", "--batch_size: must be from 2"),
                                             ("--ema_decay", "1.5", "ema_decay")])
 def test_bad_setting_values(tmp_path, capsys, flag, value, msg):
     rc, _, err = run(["--train", "y", "--out_dir", str(tmp_path), flag, value], capsys)
