@@ -181,7 +181,7 @@ class Config:
                             f"({self.stage1_size}), got {self.stage2_size}")
         for p in filter(None, (s.strip() for s in self.diffaug.split(","))):
             if p not in DIFFAUG_POLICIES:
-                raise UserError(f"--diffaug: unknown policy {p!r} (use "
+                raise UserError(f"--diffaug: unknown policy {_shown(p)} (use "
                                 + ", ".join(DIFFAUG_POLICIES) + ")")
         if set(self.parsing_labels) < set(KINDS):
             raise UserError("parsing_labels needs a label for every kind: " + ", ".join(KINDS))
