@@ -131,6 +131,8 @@ class Studio:
         self.count = 0
         if drawer is None:
             self.load()
+        else:
+            self.warm_up()
 
     def load(self):
         path = self.net_g or find_checkpoint(self.out_dir)

@@ -178,6 +178,15 @@ def test_time_request_reports_the_median_click(studio):
     assert 0 < t["draw_s"] < t["total_s"]
 
 
+def test_bench_times_the_page_request(dfmm, tmp_path):
+    import bench
+    root, _ = dfmm
+    r = bench.main(["--data_dir", str(root), "--stages", "", "--n_images", "0", "--app",
+                    "--gf_dim", "4", "--json", str(tmp_path / "bench.json")])["app_request"]
+    assert r["n_images"] == 8 and r["size"] == 256
+    assert 0 < r["draw_s"] < r["total_s"] and len(r["runs_total_s"]) == 5
+
+
 # --------------------------------------------------------------------- the real page
 
 def free_port() -> int:
@@ -296,3 +305,4 @@ def test_page_in_a_real_browser(server, browser, tmp_path):
     wait.until(lambda d: "description is empty" in status())
     assert css("#gallery img") == []
     assert "Traceback" not in browser.page_source
+
