@@ -1,8 +1,8 @@
 """The web page for designers: describe garments in words, get images from the trained generator.
 
-    python app.py                                 # http://127.0.0.1:7860, newest checkpoint in output/
+    python app.py                                # http://127.0.0.1:7860, newest checkpoint
     python app.py --net_g output/stage2/last.pt --port 8080
-    python app.py --host 0.0.0.0                  # also reachable from other machines
+    python app.py --host 0.0.0.0                 # also reachable from other machines
 
 A local Gradio page: no share link, no usage statistics, nothing fetched from the
 network. It draws with the generation path of `main.py --train n` (main.Drawer), loaded
@@ -83,12 +83,14 @@ def read_prompts(text) -> tuple[list[str], list[str]]:
 
 
 def whole_number(value, what: str, lo: int, hi: int) -> int:
+    """`value` (a number field's, so possibly a float, None or text) as an int in [lo, hi]."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{what} must be a whole number from {lo} to {hi}") from None
-    if v != int(v) or not lo <= v <= hi:
-        raise UserError(f"{what} must be a whole number from {lo} to {hi}, got {value}")
+        v = None
+    if v is None or not lo <= v <= hi or v != round(v):
+        raise UserError(f"{what} must be a whole number from {lo} to {hi}"
+                        + (f", got {value}" if v is not None else ""))
     return int(v)
 
 
@@ -163,10 +165,12 @@ class Studio:
         if self.drawer is None:
             return self.problem or ""
         d = self.drawer
-        saved = datetime.fromtimestamp(d.path.stat().st_mtime).strftime("%Y-%m-%d %H:%M") \
-            if d.path and d.path.exists() else "in memory"
-        return (f"Generator `{d.path or 'in memory'}`: Stage {'II' if d.cfg.stage == 2 else 'I'}, "
-                f"{d.cfg.image_size} px, saved {saved}.")
+        stage = "Stage II" if d.cfg.stage == 2 else "Stage I"
+        if d.path is None or not d.path.exists():
+            return f"Generator in memory: {stage}, {d.cfg.image_size} px."
+        saved = datetime.fromtimestamp(d.path.stat().st_mtime)
+        return (f"Generator `{d.path}`: {stage}, {d.cfg.image_size} px, "
+                f"saved {saved:%Y-%m-%d %H:%M}.")
 
     def handle(self, text, n=DEFAULT_PER_PROMPT, seed=0, stage=None) -> Result:
         """Descriptions (one per line) -> n images each, written as PNGs and a zip.
@@ -180,7 +184,7 @@ class Studio:
                     return Result(self.problem)
                 return self._draw(text, n, seed, stage, t0)
             except UserError as e:
-                return Result(f"Cannot draw: {e}.".replace("..", "."))
+                return Result(f"Cannot draw: {str(e).rstrip('.')}.")
             except Exception as e:  # a bug, not the user's input: keep serving
                 traceback.print_exc()
                 return Result(f"Something went wrong ({first_line(e)}); the server's console "
@@ -190,7 +194,7 @@ class Studio:
         prompts, notes = read_prompts(text)
         n = whole_number(n, "images per description", 1, MAX_PER_PROMPT)
         seed = whole_number(seed, "the seed", 0, 2**31 - 1)
-        stage = max(self.sizes) if stage in (None, "") else int(stage)
+        stage = max(self.sizes) if stage in (None, "") else stage
         if stage not in self.sizes:
             raise UserError(f"{self.drawer.cfg.image_size} px is the largest size this "
                             "generator draws")
@@ -278,7 +282,8 @@ def build_page(studio: Studio):
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed (the same seed "
                                  "draws the same images)", elem_id="seed")
                 res = resolution()
-                gr.Examples([[e] for e in EXAMPLES], inputs=prompts, examples_per_page=len(EXAMPLES),
+                gr.Examples([[e] for e in EXAMPLES], inputs=prompts,
+                            examples_per_page=len(EXAMPLES),
                             label="Examples: click one to fill the box")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")

@@ -122,6 +122,8 @@ def test_overlong_prompts_are_read_from_their_start_with_a_note(studio):
                                               (2, -1, None, "the seed"),
                                               (2, None, None, "the seed"),
                                               (2, "x", None, "the seed"),
+                                              (2, float("nan"), None, "the seed"),
+                                              (2, float("inf"), None, "the seed"),
                                               (2, 0, 3, "largest size")])
 def test_bad_settings_are_messages(studio, n, seed, stage, msg):
     r = studio.handle("a red dress", n, seed, stage)
@@ -288,7 +290,8 @@ def test_page_in_a_real_browser(server, browser, tmp_path):
     imgs = wait.until(lambda d: len(css("#gallery img")) == 2 * per_prompt and css("#gallery img"))
     assert "8 images of 64 px" in status()
     captions = [i.get_attribute("alt") for i in imgs]
-    assert captions == ["a red floral dress"] * per_prompt + ["a pair of black leggings"] * per_prompt
+    assert captions == (["a red floral dress"] * per_prompt
+                        + ["a pair of black leggings"] * per_prompt)
     for img in imgs:
         data = urllib.request.urlopen(img.get_attribute("src"), timeout=10).read()
         png = Image.open(BytesIO(data))
