@@ -229,6 +229,7 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
+@pytest.fixture(scope="module")
 def chromium():
     """Paths of Chromium and its driver; skips without them, except in CI where the
     browser test is mandatory."""
@@ -249,10 +250,10 @@ def chromium():
 
 
 @pytest.fixture
-def browser(tmp_path, monkeypatch):
+def browser(chromium, tmp_path, monkeypatch):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    binary, driver_path = chromium()
+    binary, driver_path = chromium
     monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium must not look for drivers online
     opts = webdriver.ChromeOptions()
     opts.binary_location = binary
@@ -268,7 +269,7 @@ def browser(tmp_path, monkeypatch):
     d.quit()
 
 
-def test_page_in_a_real_browser(server, browser, tmp_path):
+def test_page_in_a_real_browser(chromium, server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
