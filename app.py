@@ -319,14 +319,19 @@ def main(argv=None) -> int:
     def serve():
         app_dir = check_writable_dir(Path(args.out_dir) / "app")
         studio = Studio(args.out_dir, args.net_g, args.device)
-        print(studio.describe())
+        print(studio.describe(), flush=True)
+        page = build_page(studio)
         try:
-            build_page(studio).launch(server_name=args.host, server_port=args.port, share=False,
-                                      ssr_mode=False, allowed_paths=[str(app_dir.resolve())],
-                                      footer_links=["gradio"], mcp_server=False, pwa=False)
+            page.launch(server_name=args.host, server_port=args.port, share=False, quiet=True,
+                        ssr_mode=False, allowed_paths=[str(app_dir.resolve())],
+                        footer_links=["gradio"], mcp_server=False, pwa=False,
+                        prevent_thread_lock=True)
         except OSError as e:
             raise UserError(f"cannot serve on {args.host}:{args.port}: {first_line(e)} "
                             "(another --port?)") from None
+        print(f"open http://{args.host}:{args.port} in a browser (Ctrl-C stops the server)",
+              flush=True)
+        page.block_thread()
 
     return run_cli(serve)
 

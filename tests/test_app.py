@@ -225,6 +225,16 @@ def server(out_dir, tmp_path_factory):
         proc.kill()
 
 
+def test_a_port_in_use_is_a_one_line_error(out_dir, capsys):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        rc = app.main(["--out_dir", str(out_dir), "--port", str(busy.getsockname()[1])])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: cannot serve on 127.0.0.1:")
+    assert len(err.strip().splitlines()) == 1
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
