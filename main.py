@@ -570,8 +570,8 @@ def find_checkpoint(out_dir, stage=None) -> Path | None:
 
 class Drawer:
     """A generator and the text encoder of its training captions, both loaded once;
-    `draw` turns prompts into images. This is the generation path of `--train n`, of
-    the web page (app.py) and of the benchmark."""
+    `draw` turns prompts into images. The generation path of `--train n` and of the web
+    page (app.py, timed by `bench.py --app`)."""
 
     def __init__(self, netG, cfg: Config, device, amp: str = "auto", channels_last: bool = True,
                  path=None):
@@ -605,7 +605,7 @@ class Drawer:
     def draw(self, prompts, n: int, seed: int, stage=None) -> torch.Tensor:
         """n images per prompt, (len(prompts)*n, 3, S, S) in [-1, 1] on the CPU, prompt
         by prompt; the same seed gives the same images. `stage` 1 draws a Stage-II
-        generator's 64 px Stage-I drafts."""
+        generator's Stage-I drafts (stage1_size)."""
         from get_embeddings import encode_texts
         if stage not in (None, *self.sizes):
             raise UserError(f"this Stage-{self.cfg.stage} generator cannot draw Stage {stage}")
