@@ -287,7 +287,7 @@ def build_page(studio: Studio):
                             label="Examples: click one to fill the box")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")
-                gallery = gr.Gallery(label="Garments", format="png", columns=4,
+                gallery = gr.Gallery(label="Garments", format="png", columns=4, height="fit-content",
                                      object_fit="contain", interactive=False,
                                      buttons=["download", "fullscreen"], elem_id="gallery")
                 download = gr.DownloadButton("Download all (zip)", visible=False,
