@@ -243,9 +243,17 @@ def resolution_choices(sizes: dict) -> list[tuple[str, int]]:
                                                                             reverse=True)]
 
 
+def import_gradio():
+    try:
+        import gradio
+    except ImportError:
+        raise UserError("the page needs gradio: pip install -r requirements.txt") from None
+    return gradio
+
+
 def build_page(studio: Studio):
     """The Gradio page; requests are queued and drawn one at a time."""
-    import gradio as gr
+    gr = import_gradio()
 
     def resolution():
         choices = resolution_choices(studio.sizes)
@@ -317,6 +325,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
 
     def serve():
+        import_gradio()  # before the model is loaded: a missing install fails at once
         app_dir = check_writable_dir(Path(args.out_dir) / "app")
         studio = Studio(args.out_dir, args.net_g, args.device)
         print(studio.describe(), flush=True)
