@@ -236,6 +236,9 @@ def build_parser() -> CliParser:
                    help="Stage-II checkpoint for the end-to-end run")
     p.add_argument("--json", default="bench.json", type=flag_type(TEXT),
                    help="where to write the figures")
+    p.add_argument("--app", action="store_true",
+                   help="also time the web page's request handler (app.py): 8 images at 256px "
+                        "for one prompt, text encoding to PNG and zip files")
     return p
 
 
@@ -311,6 +314,21 @@ def main(argv=None):
         print(f"end to end: {r['n_images']} images at {r['size']}px from {r['n_images']} prompts in "
               f"{r['total_s']:.1f} s (text {r['text_s']:.1f} s, generation {r['generate_s']:.1f} s, "
               f"PNG {r['png_s']:.1f} s)")
+    if args.app:
+        from app import Studio, time_request
+        from main import Drawer
+        if args.net_g:
+            drawer = Drawer.load(args.net_g, device, 2, base.amp, base.channels_last)
+        else:
+            cfg = dataclasses.replace(base, stage=2)
+            drawer = Drawer(Stage2_G(cfg, Stage1_G(cfg)), cfg, device, base.amp,
+                            base.channels_last)
+        with tempfile.TemporaryDirectory() as tmp:
+            r = time_request(Studio(tmp, drawer=drawer), n=8)
+        results["app_request"] = r
+        print(f"page request: {r['n_images']} images at {r['size']}px for one prompt in "
+              f"{r['total_s']:.2f} s (median of {len(r['runs_total_s'])}; text and drawing "
+              f"{r['draw_s']:.2f} s, PNG and zip {r['png_s']:.2f} s)")
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"figures written to {args.json}")
     return results

@@ -47,8 +47,13 @@ def resolve_text_model(name: str) -> str:
     return name
 
 
-@functools.lru_cache(maxsize=2)
 def load_text_model(name: str = DEFAULT_TEXT_MODEL, device: str = "cpu"):
+    """The SentenceTransformer `name` on `device`, loaded once per process."""
+    return _load_text_model(name, str(device))
+
+
+@functools.lru_cache(maxsize=2)  # keyed on both arguments however they are passed
+def _load_text_model(name: str, device: str):
     path = resolve_text_model(name)
     if os.path.isdir(path):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub

@@ -607,37 +607,87 @@ def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64,
     return torch.cat(images)
 
 
+TRAIN_STAGE1 = "python main.py --train y --stage 1"
+
+
+def find_checkpoint(out_dir, stage=None) -> Path | None:
+    """The generator to draw from: OUT_DIR/stage2/last.pt, else OUT_DIR/stage1/last.pt
+    (only that stage's when `stage` is given); None when there is none yet."""
+    for s in ([stage] if stage else [2, 1]):
+        cand = Path(out_dir) / f"stage{s}" / "last.pt"
+        if cand.is_file():
+            return cand
+    return None
+
+
+class Drawer:
+    """A generator and the text encoder of its training captions, both loaded once;
+    `draw` turns prompts into images. The generation path of `--train n` and of the web
+    page (app.py, timed by `bench.py --app`)."""
+
+    def __init__(self, netG, cfg: Config, device, amp: str = "auto", channels_last: bool = True,
+                 path=None):
+        from get_embeddings import load_text_model
+        self.device = torch.device(device)
+        self.netG, self.cfg, self.path = netG.to(self.device).eval(), cfg, path
+        self.bf16 = use_bf16(amp, self.device)
+        if channels_last:
+            self.netG.to(memory_format=torch.channels_last)
+        load_text_model(cfg.text_model)  # loaded now, not at the first prompt
+
+    @classmethod
+    def load(cls, path, device, stage=None, amp: str = "auto", channels_last: bool = True):
+        netG, cfg, _ = load_generator(path, device, expect_stage=stage)
+        return cls(netG, cfg, device, amp, channels_last, path=Path(path))
+
+    @property
+    def sizes(self) -> dict[int, int]:
+        """{stage: image size} this generator can draw: a Stage-II generator also draws
+        its Stage-I drafts."""
+        if self.cfg.stage == 2:
+            return {2: self.cfg.stage2_size, 1: self.cfg.stage1_size}
+        return {1: self.cfg.stage1_size}
+
+    def too_long(self, prompts) -> list[int]:
+        """Indices of prompts longer than the text encoder reads."""
+        from get_embeddings import too_long
+        return too_long(prompts, self.cfg.text_model)
+
+    @torch.no_grad()
+    def draw(self, prompts, n: int, seed: int, stage=None) -> torch.Tensor:
+        """n images per prompt, (len(prompts)*n, 3, S, S) in [-1, 1] on the CPU, prompt
+        by prompt; the same seed gives the same images. `stage` 1 draws a Stage-II
+        generator's Stage-I drafts (stage1_size)."""
+        from get_embeddings import encode_texts
+        if stage not in (None, *self.sizes):
+            raise UserError(f"this Stage-{self.cfg.stage} generator cannot draw Stage {stage}")
+        net = self.netG.stage1 if stage == 1 and self.cfg.stage == 2 else self.netG
+        emb = torch.from_numpy(encode_texts(prompts, self.cfg.text_model)).to(self.device)
+        return sample_images(net, emb, n, seed, bf16=self.bf16)
+
+
 @torch.no_grad()
 def generate(cfg: Config, net_g, prompts, stage=None, name: str = "grid") -> Path:
     """Draw cfg.n_samples images per prompt: OUT_DIR/generated/<name>.png (one row per
     prompt) and one PNG per image."""
-    from get_embeddings import encode_texts, too_long
     device = resolve_device(cfg.device)
     if net_g is None:
-        for s in ([stage] if stage else [2, 1]):
-            cand = Path(cfg.out_dir) / f"stage{s}" / "last.pt"
-            if cand.is_file():
-                net_g = cand
-                break
-        else:
+        net_g = find_checkpoint(cfg.out_dir, stage)
+        if net_g is None:
             raise UserError(f"no generator checkpoint found under {cfg.out_dir}/stage*/last.pt: "
-                            "train one first (python main.py --train y --stage 1) or pass --net_g")
-    netG, gcfg, _ = load_generator(net_g, device, expect_stage=stage)
+                            f"train one first ({TRAIN_STAGE1}) or pass --net_g")
+    drawer = Drawer.load(net_g, device, stage, cfg.amp, cfg.channels_last)
     out = check_writable_dir(Path(cfg.out_dir) / "generated")
-    for i in too_long(prompts, gcfg.text_model):
+    for i in drawer.too_long(prompts):
         print(f"note: prompt {i + 1} is longer than the text encoder reads; only its start is used")
-    emb = torch.from_numpy(encode_texts(prompts, gcfg.text_model)).to(device)
     n = cfg.n_samples
-    bf16 = use_bf16(cfg.amp, device)
-    if cfg.channels_last:
-        netG.to(memory_format=torch.channels_last)
-    images = sample_images(netG, emb, n, cfg.seed, bf16=bf16)
+    images = drawer.draw(prompts, n, cfg.seed)
     grid = save_grid(images, out / f"{name}.png", nrow=n, row_labels=prompts)
     pix = to_uint8(images)
     for i, p in enumerate(prompts):
         for k in range(n):
             Image.fromarray(pix[i * n + k]).save(out / f"{i:03d}_{slug(p)}_{k}.png")
-    print(f"wrote {grid} ({len(prompts)} prompts x {n} samples, stage {gcfg.stage}, "
+    print(f"wrote {grid} ({len(prompts)} prompts x {n} samples, stage {drawer.cfg.stage}, "
           f"{images.shape[-1]}px) and {len(prompts) * n} single images in {out}")
     return grid
 
