@@ -409,10 +409,10 @@ class CliParser(argparse.ArgumentParser):
 
 
 def stage_list(text: str) -> list:
-    """--stages: a comma-separated list of 1 and 2 (bench.py)."""
+    """--stages: a comma-separated list of 1 and 2, or "" for none (bench.py)."""
     stages = [s.strip() for s in text.split(",") if s.strip()]
-    if not stages or any(s not in ("1", "2") for s in stages):
-        raise argparse.ArgumentTypeError(f"expected 1, 2 or 1,2, got {_shown(text)}")
+    if any(s not in ("1", "2") for s in stages):
+        raise argparse.ArgumentTypeError(f"expected 1, 2, 1,2 or nothing, got {_shown(text)}")
     return [int(s) for s in stages]
 
 # fields whose values change the shape of the networks: a checkpoint only loads

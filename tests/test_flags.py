@@ -180,7 +180,7 @@ def test_any_mix_of_flags(script, data, monkeypatch, capsys):
     ("get_embeddings", ["--data_dir", "d", "--batch_size", "0"], "--batch_size: must be from 1"),
     ("evaluate", ["--net_g", "g.pt", "--k", "1"], "--k: must be from 2"),
     ("evaluate", ["--net_g", "g.pt", "--device", "cuda:x"], "--device: expected"),
-    ("bench", ["--stages", "3"], "--stages: expected 1, 2 or 1,2, got 3"),
+    ("bench", ["--stages", "3"], "--stages: expected 1, 2, 1,2 or nothing, got 3"),
     ("synthetic", ["--out", "o", "--workers", "0"], "--workers: must be from 1 to 256"),
 ])
 def test_named_bad_values(script, argv, msg, monkeypatch, capsys):
