@@ -468,7 +468,10 @@ def wrap(netG, netD, netG_ema, optG, optD, compile_: bool, world: int, device) -
     D_for_G = D
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
+        # D runs three times before its backward; a buffer broadcast at each call would
+        # change BatchNorm statistics that autograd saved (torch 2.11 refuses that), so
+        # D's buffers are synchronised only before checkpoints (distributed.sync_buffers)
+        G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, broadcast_buffers=False)
     return Nets(G, D, D_for_G, netG, netD, netG_ema, optG, optD)
 
 

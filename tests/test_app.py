@@ -87,7 +87,7 @@ def test_same_seed_same_images_and_the_same_as_main_generate(studio, out_dir, tm
     assert not all(np.array_equal(x, y) for x, y in zip(pixels(a.images), pixels(c.images)))
     # `main.py --train n` draws the very same images
     args = ["--train", "n", "--net_g", str(out_dir / "stage2" / "last.pt"), "--out_dir",
-            str(tmp_path), "--n_samples", "2", "--seed", "3"]
+            str(tmp_path), "--n_samples", "2", "--seed", "3", "--device", "cpu"]  # as the studio
     for p in prompts.splitlines():
         args += ["--prompt", p]
     assert main.main(args) == 0, capsys.readouterr().err
