@@ -2,19 +2,21 @@
 
     python bench.py                                   # built-in data, StackGAN default widths
     python bench.py --data_dir ../shared/data/clothing-small --cache_dir /tmp/cs_cache
-    python bench.py --naive-loader                     # also time a per-sample PIL loader
-    python bench.py --device cuda --batch_size 128 --json bench.json
+    python bench.py --naive_loader                     # also time a per-sample PIL loader
+    python bench.py --device cuda --batch_size 256 --compile y --json bench.json
 
 Prints, for the current device:
-  * Stage-I and Stage-II training: images/s, split into data time (batch assembly:
-    cache read, "wrong" pairs, augmentation, host->device copy) and step time (G and D
-    updates);
-  * with --naive-loader, the straightforward pipeline beside it: a plain torch
+  * Stage-I and Stage-II training of main.train_step, the step training runs: images/s,
+    split into data time (batch assembly: "wrong" pairs, caption choice, gather,
+    augmentation) and step time (G and D updates, EMA), the GFLOP of one image's step
+    and the achieved TFLOP/s;
+  * with --naive_loader, the straightforward pipeline beside it: a plain torch
     DataLoader that opens, decodes, crops and resizes every JPEG with Pillow on each
     access, feeding the same networks stepped in fp32 with the default memory layout;
   * generation images/s for each stage;
   * the end-to-end time to draw 500 images at 256x256 from 500 distinct prompts:
-    text encoding + Stage I + Stage II + PNG writing.
+    text encoding + Stage I + Stage II + PNG writing;
+  * with --app, the designers' page's request for 8 images at 256 px.
 The models are freshly initialised (speed does not depend on the weights) unless
 --net_g gives a Stage-II checkpoint for the end-to-end run.
 """
@@ -225,7 +227,7 @@ def build_parser() -> CliParser:
     p.add_argument("--steps", type=flag_type(whole(1, 100_000)), default=8,
                    help="timed steps per measurement")
     p.add_argument("--warmup", type=flag_type(whole(0, 100_000)), default=2)
-    p.add_argument("--naive_loader", "--naive-loader", dest="naive", action="store_true",
+    p.add_argument("--naive_loader", dest="naive", action="store_true",
                    help="also time a per-sample PIL-decoding DataLoader beside the cache")
     p.add_argument("--naive_workers", type=flag_type(whole(0, 256)), default=0)
     p.add_argument("--stages", default="1,2", type=stage_list, help="which stages to time")
