@@ -80,6 +80,8 @@ FABRICS = ("denim", "cotton", "leather", "furry", "knitted", "chiffon", "other")
 # simple, so narrower networks learn them within minutes on a laptop CPU.
 BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_size=32,
                       snapshot_interval=5)
+# Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
+PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}}
 
 
 @dataclass

@@ -16,7 +16,7 @@ import evaluate
 import get_embeddings
 import main
 import synthetic
-from config import FIELD_RULES, Config
+from config import BUILTIN_PRESET, FIELD_RULES, Config
 from utils import run_cli
 
 
@@ -195,7 +195,7 @@ def test_every_config_field_has_a_rule_and_a_flag():
     flags = {a.dest for a in main.build_parser()._actions}
     assert fields - flags == {"category_map", "parsing_labels"}  # mappings: not flags
     Config().validate()
-    for preset in (main.DEBUG, main.BUILTIN_PRESET):
+    for preset in (main.DEBUG, BUILTIN_PRESET):
         Config(**preset).validate()
 
 
