@@ -1,4 +1,4 @@
-"""One typed config for data, models, training and generation.
+"""The vocabulary (kinds, colours, patterns), the presets and one typed config for every run.
 
 Defaults follow StackGAN (Zhang et al., 2017): Stage-I 64x64, Stage-II 256x256,
 z 100, condition 128, Adam(2e-4, betas 0.5/0.999), LR halved every 20 epochs,

@@ -552,9 +552,10 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
     Index: {"key", "size", "n", "images_path": str, "skipped": {reason: count},
     "notes": {note: count}, and per sample "kinds", "captions" (its derived captions,
     the long one first), "sources" (the photo's caption), "colours", "patterns" (None
-    when unknown), "images", "splits"}."""
+    when unknown), "images", "splits"}, and "caption_file": captions.json as read (for
+    the embeddings cache's check; not stored in the cache)."""
     data_dir = cfg.resolved_data_dir()
-    jobs, skipped, _ = list_jobs(data_dir, cfg)
+    jobs, skipped, captions = list_jobs(data_dir, cfg)
     cache_dir = cfg.resolved_cache_dir()
     npy, idx_path = cache_dir / f"images_{size}.npy", cache_dir / f"index_{size}.json"
     key = _cache_key(data_dir, jobs, cfg, size)
@@ -563,7 +564,7 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
         # the photos skipped before decoding (missing, ...) are counted afresh: captions
         # naming missing images do not change the cached samples, only this count
         index["skipped"] = dict(skipped + Counter(index.get("decode_skipped", {})))
-        index["images_path"] = str(npy)
+        index["images_path"], index["caption_file"] = str(npy), captions
         return index
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -630,7 +631,7 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
     index = {"key": key, "size": size, "n": n, **meta, "skipped": dict(skipped),
              "decode_skipped": dict(decode_skipped), "notes": dict(notes)}
     _atomic_write(idx_path, lambda f: f.write(json.dumps(index).encode()))
-    index["images_path"] = str(npy)
+    index["images_path"], index["caption_file"] = str(npy), captions
     return index
 
 

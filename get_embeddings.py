@@ -1,5 +1,4 @@
-"""Encode the captions datasets.py derives with a SentenceTransformer, cache the vectors, and
-load the training data paired with them.
+"""Caption vectors: encode the derived captions, cache them, and load samples paired with them.
 
     python get_embeddings.py --data_dir DIR [--text_model NAME] [--batch_size 256]
 
@@ -181,9 +180,8 @@ def load_data(cfg: Config, size: int, split: str | None = "train", progress: boo
     datasets.prepare's for `size` when the caller has it already; else it is prepared here."""
     if index is None:
         index = datasets.prepare(cfg, size, progress=progress)
-    captions, _ = datasets.read_captions(cfg.resolved_data_dir())
     texts = datasets.caption_texts(index)
-    emb = lookup(texts, captions, cfg.resolved_embeddings_path(), cfg.text_model,
+    emb = lookup(texts, index["caption_file"], cfg.resolved_embeddings_path(), cfg.text_model,
                  data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
         np.zeros((0, cfg.text_dim), np.float32)
     if emb.shape[1] != cfg.text_dim:

@@ -1,11 +1,11 @@
-"""Train StackGAN on fashion images, or generate garments from text.
+"""The command line: train StackGAN (--train y) or draw garments from text (--train n).
 
     python main.py --train y --stage 1                    # Stage I on the built-in data
     python main.py --train y --stage 1 --data_dir DFMM    # Stage I on DeepFashion-MultiModal
     python main.py --train y --stage 2 --data_dir DFMM --stage1_g output/stage1/last.pt
     python main.py --train n --prompt "red dress with lace" --prompt "black leggings"
 
-This file is the command line only: training lives in train.py, generation in sample.py.
+Only the command line lives here: training is train.py, generation sample.py.
 Every config.Config field is also a flag (`--gf_dim 64`, `--lr_decay_epoch 10`, ...);
 `python main.py -h` lists them all.
 """
@@ -23,8 +23,6 @@ from utils import run_cli
 DEBUG = dict(epochs=1, max_samples=64, batch_size=16, gf_dim=8, df_dim=8, snapshot_interval=1,
              builtin_per_kind=20, builtin_dir="data/synthetic_debug", n_samples=4, log_interval=1)
 
-
-# ---------------------------------------------------------------------------- CLI
 
 def build_parser() -> argparse.ArgumentParser:
     p = CliParser(description="Text-to-fashion StackGAN: train or generate.",
