@@ -199,6 +199,21 @@ def test_every_config_field_has_a_rule_and_a_flag():
         Config(**preset).validate()
 
 
+
+def test_presets_are_named_and_the_default_follows_data_dir():
+    def settle(*argv):
+        args = main.build_parser().parse_args(list(argv))
+        return main.make_config(args)[0], main.describe_preset(args)
+
+    builtin, said = settle("--train", "y")
+    assert builtin == Config(**BUILTIN_PRESET) and said.startswith("preset builtin (no --data_dir)")
+    paper, said = settle("--train", "y", "--data_dir", "d")
+    assert paper == Config(data_dir="d") and said.startswith("preset stackgan (--data_dir)")
+    assert settle("--preset", "stackgan")[0] == Config()
+    assert settle("--preset", "builtin", "--data_dir", "d")[0] == Config(data_dir="d",
+                                                                         **BUILTIN_PRESET)
+    assert settle("--gf_dim", "64")[0].gf_dim == 64  # a flag still overrides the preset
+
 def test_checkpoint_settings_go_through_the_same_rules(tmp_path, capsys):
     import torch
     from utils import load_checkpoint
