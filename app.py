@@ -5,7 +5,7 @@
     python app.py --host 0.0.0.0                 # also reachable from other machines
 
 A local Gradio page: no share link, no usage statistics, nothing fetched from the
-network. It draws with the generation path of `main.py --train n` (main.Drawer), loaded
+network. It draws with the generation path of `main.py --train n` (sample.Drawer), loaded
 once at start-up with its text encoder: OUT_DIR/stage2/last.pt when Stage II has been
 trained, else OUT_DIR/stage1/last.pt, or --net_g. The images of every request and a zip
 of them are written to OUT_DIR/app/<time>/ (the newest 200 requests are kept).
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from main import TRAIN_STAGE1, Drawer, find_checkpoint, slug
+from sample import TRAIN_STAGE1, Drawer, find_checkpoint, slug
 from utils import UserError, check_writable_dir, first_line, resolve_device, run_cli, to_uint8
 
 # read by gradio and the model hub's client when first imported (gradio in build_page,

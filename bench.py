@@ -6,7 +6,7 @@
     python bench.py --device cuda --batch_size 256 --compile y --json bench.json
 
 Prints, for the current device:
-  * Stage-I and Stage-II training of main.train_step, the step training runs: images/s,
+  * Stage-I and Stage-II training of train.train_step, the step training runs: images/s,
     split into data time (batch assembly: "wrong" pairs, caption choice, gather,
     augmentation) and step time (G and D updates, EMA), the GFLOP of one image's step
     and the achieved TFLOP/s;
@@ -36,12 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
 
+from app import Studio, time_request
 from config import (DEVICE, FIELD_RULES, PATH, TEXT, CliParser, Config, flag_type, stage_list,
                     whole)
-from datasets import list_jobs, load_data
-from main import configure_device
+from datasets import list_jobs
+from get_embeddings import encode_texts, load_data, load_text_model
 from model import Stage1_G, Stage2_G, build_models
+from sample import Drawer, load_generator, sample_images
+from synthetic import ensure_synthetic
+from train import StepStats, adam, configure_device, train_step, wrap
 from utils import UserError, autocast, resolve_device, run_cli, to_uint8, use_bf16
 
 
@@ -81,14 +86,12 @@ class NaiveDataset(torch.utils.data.Dataset):
 
 
 def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
-    """Images/s of main.train_step, the step training runs (G and D updates, EMA, every
+    """Images/s of train.train_step, the step training runs (G and D updates, EMA, every
     loss switch of cfg), fed as training feeds it. Batch assembly ("data") and the step
     are timed apart, with a device synchronisation between them; on CUDA the images/s
     come from a second, unsynchronised run, as training runs. Also the work of one step
     (torch.utils.flop_counter, counted once) and the achieved TFLOP/s."""
-    from torch.utils.flop_counter import FlopCounterMode
 
-    from main import StepStats, adam, train_step, wrap
     stage1 = Stage1_G(dataclasses.replace(cfg, stage=1)) if cfg.stage == 2 else None
     netG, netD = build_models(cfg, stage1)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -101,7 +104,7 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
     bf16 = use_bf16(cfg.amp, device)
     if naive is None:
         data.to(device)
-    gen = torch.Generator(device=data.device).manual_seed(0)
+    rng = torch.Generator(device=data.device).manual_seed(0)
     batches = iter(())
 
     def next_batch():
@@ -111,7 +114,7 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
             if idx is None:
                 batches = data.batches(cfg.batch_size, torch.Generator().manual_seed(0))
                 idx = next(batches)
-            return data.batch(idx, cfg, gen, device=device)
+            return data.batch(idx, cfg, rng, device=device)
         real, wrong, _ = next(batches, (None, None, None))
         if real is None:
             batches = iter(torch.utils.data.DataLoader(naive, batch_size=cfg.batch_size,
@@ -177,8 +180,6 @@ def gen_throughput(netG, cfg, device, batch, reps=3):
 @torch.no_grad()
 def end_to_end(netG, cfg, device, n_images, batch, out_dir):
     """500 distinct prompts -> text vectors -> Stage I -> Stage II -> PNG files."""
-    from get_embeddings import encode_texts, load_text_model
-    from main import sample_images
     colors = ["red", "blue", "navy", "green", "yellow", "black", "white", "pink", "purple",
               "orange", "grey", "beige"]
     things = ["short-sleeve T-shirt", "long-sleeve T-shirt", "short dress", "long dress",
@@ -254,7 +255,6 @@ def main(argv=None):
     device = resolve_device(args.device)
     configure_device(base, device)
     if base.data_dir is None:
-        from synthetic import ensure_synthetic
         ensure_synthetic(base.builtin_dir, n_per_kind=base.builtin_per_kind)
     bf16 = use_bf16(base.amp, device)
     results = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -303,7 +303,6 @@ def main(argv=None):
     if args.n_images:
         cfg = dataclasses.replace(base, stage=2)
         if args.net_g:
-            from main import load_generator
             g, cfg, _ = load_generator(args.net_g, device, expect_stage=2)
             cfg = dataclasses.replace(cfg, amp=base.amp, channels_last=base.channels_last)
         else:
@@ -317,8 +316,6 @@ def main(argv=None):
               f"{r['total_s']:.1f} s (text {r['text_s']:.1f} s, generation {r['generate_s']:.1f} s, "
               f"PNG {r['png_s']:.1f} s)")
     if args.app:
-        from app import Studio, time_request
-        from main import Drawer
         if args.net_g:
             drawer = Drawer.load(args.net_g, device, 2, base.amp, base.channels_last)
         else:

@@ -1,4 +1,4 @@
-"""One typed config for data, models, training and generation.
+"""The vocabulary (kinds, colours, patterns), the presets and one typed config for every run.
 
 Defaults follow StackGAN (Zhang et al., 2017): Stage-I 64x64, Stage-II 256x256,
 z 100, condition 128, Adam(2e-4, betas 0.5/0.999), LR halved every 20 epochs,
@@ -80,6 +80,8 @@ FABRICS = ("denim", "cotton", "leather", "furry", "knitted", "chiffon", "other")
 # simple, so narrower networks learn them within minutes on a laptop CPU.
 BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_size=32,
                       snapshot_interval=5)
+# Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
+PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}}
 
 
 @dataclass

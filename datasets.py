@@ -1,4 +1,4 @@
-"""DeepFashion-MultiModal (DFMM) loading, filtered to five garment kinds.
+"""Prepare DeepFashion-MultiModal (DFMM) data: five garment kinds, derived captions, an image cache.
 
     python datasets.py --data_dir DIR      # prints `KIND: N` per kind and the skipped files
 
@@ -25,6 +25,10 @@ a square.
 Each image is decoded once into an on-disk uint8 cache per resolution
 (DIR/cache/images_<size>.npy plus index_<size>.json); training reads that cache by
 memory map and augments on tensors (flip, small shift/zoom).
+
+The file is longer than the others because a real photo folder needs it: the kind
+filter, the parsing-map crops, colour and pattern naming and the caption rules are
+what turn DFMM's outfit photos into five-kind samples, and they belong together.
 """
 from __future__ import annotations
 
@@ -548,9 +552,10 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
     Index: {"key", "size", "n", "images_path": str, "skipped": {reason: count},
     "notes": {note: count}, and per sample "kinds", "captions" (its derived captions,
     the long one first), "sources" (the photo's caption), "colours", "patterns" (None
-    when unknown), "images", "splits"}."""
+    when unknown), "images", "splits"}, and "caption_file": captions.json as read (for
+    the embeddings cache's check; not stored in the cache)."""
     data_dir = cfg.resolved_data_dir()
-    jobs, skipped, _ = list_jobs(data_dir, cfg)
+    jobs, skipped, captions = list_jobs(data_dir, cfg)
     cache_dir = cfg.resolved_cache_dir()
     npy, idx_path = cache_dir / f"images_{size}.npy", cache_dir / f"index_{size}.json"
     key = _cache_key(data_dir, jobs, cfg, size)
@@ -559,7 +564,7 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
         # the photos skipped before decoding (missing, ...) are counted afresh: captions
         # naming missing images do not change the cached samples, only this count
         index["skipped"] = dict(skipped + Counter(index.get("decode_skipped", {})))
-        index["images_path"] = str(npy)
+        index["images_path"], index["caption_file"] = str(npy), captions
         return index
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -626,7 +631,7 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
     index = {"key": key, "size": size, "n": n, **meta, "skipped": dict(skipped),
              "decode_skipped": dict(decode_skipped), "notes": dict(notes)}
     _atomic_write(idx_path, lambda f: f.write(json.dumps(index).encode()))
-    index["images_path"] = str(npy)
+    index["images_path"], index["caption_file"] = str(npy), captions
     return index
 
 
@@ -802,15 +807,14 @@ class FashionData:
         for s in range(0, len(perm) - per + 1, per):
             yield perm[s + rank * batch_size: s + (rank + 1) * batch_size]
 
-    def batch(self, idx, cfg: Config, generator=None, augment_images: bool = True, device=None):
+    def batch(self, idx, cfg: Config, generator=None, device=None):
         """(real images, wrong images, text embeddings, attribute labels (B, 3)) for
         sample indices `idx`: each sample's text is one of its captions, drawn at random.
         Random draws come from `generator` on the data's device."""
         idx = self._idx(idx)
         wrong = self.wrong_indices(idx, generator, cfg.wrong_same_kind)
-        both = self.pixels(torch.cat([idx, wrong]), device)  # one gather, one augmentation
-        if augment_images:
-            both = augment(both, generator)
+        # one gather and one augmentation for the real and the wrong images
+        both = augment(self.pixels(torch.cat([idx, wrong]), device), generator)
         real, mismatched = both.chunk(2)
         emb = self.caption_emb(idx, generator)
         return real, mismatched, emb.to(real.device), self.labels[idx].to(real.device)
@@ -819,21 +823,6 @@ class FashionData:
 def caption_texts(index: dict) -> list[str]:
     """Every derived caption of a prepare() index, sample by sample (what is embedded)."""
     return [t for caps in index["captions"] for t in caps]
-
-
-def load_data(cfg: Config, size: int, split: str | None = "train", progress: bool = True):
-    """Prepare the cache for `size` and pair every sample with its caption embedding."""
-    from get_embeddings import lookup
-    index = prepare(cfg, size, progress=progress)
-    captions, _ = read_captions(cfg.resolved_data_dir())
-    texts = caption_texts(index)
-    emb = lookup(texts, captions, cfg.resolved_embeddings_path(), cfg.text_model,
-                 data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
-        np.zeros((0, cfg.text_dim), np.float32)
-    if emb.shape[1] != cfg.text_dim:
-        raise UserError(f"--text_dim {cfg.text_dim} does not fit the text model "
-                        f"{cfg.text_model!r}, whose vectors have {emb.shape[1]} dimensions")
-    return FashionData(index, emb, split=split, max_samples=cfg.max_samples)
 
 
 def show_samples(index: dict, n: int) -> str:

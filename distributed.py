@@ -10,6 +10,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from config import UserError
+
 
 def setup(device_name: str = "auto"):
     """Start the process group when launched by torchrun. Returns (rank, world, device)."""
@@ -19,7 +21,6 @@ def setup(device_name: str = "auto"):
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if use_cuda and local_rank >= torch.cuda.device_count():
-        from utils import UserError
         raise UserError(f"{world} processes on this node need {local_rank + 1} GPUs or more, it "
                         f"has {torch.cuda.device_count()}: start one process per GPU, or pass "
                         "--device cpu")

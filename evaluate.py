@@ -57,6 +57,11 @@ long-caption images per kind, one row per kind). The metrics also go to WandB (j
 type "eval") unless --wandb disabled. The feature net is cached as
 CACHE_DIR/featnet_<key>.pt, key = hash of its training samples' kinds, colours and
 patterns, the vocabularies and its settings, so it is trained once per dataset.
+
+The file carries its own judge (the feature net, its training and its cache) next to
+the metrics, which makes it longer than ~500 lines: the judge is only ever used here.
+results.csv's rows are the one source of the results; the returned dict, the printed
+table and the WandB log are derived from them.
 """
 from __future__ import annotations
 
@@ -78,6 +83,10 @@ from tqdm import tqdm
 
 from config import (COLOURS, DEVICE, FIELD_RULES, KINDS, PATH, PATTERNS, SEED, TEXT, CliParser,
                     Config, flag_type, whole)
+from datasets import attribute_ids, augment, prepare
+from get_embeddings import load_data
+import sample
+from synthetic import ensure_synthetic
 from utils import (UserError, _atomic_write, check_writable_dir, init_wandb, resolve_device,
                    run_cli, save_checkpoint, save_grid, verify_checksums)
 
@@ -100,7 +109,6 @@ def attribute_targets(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(kind, colour, pattern) class indices of every sample of `data`, from its
     `kinds`, `colours` and `patterns` (IGNORE where a sample has no colour / pattern):
     the labels training uses (datasets.attribute_ids)."""
-    from datasets import attribute_ids
     ids = attribute_ids(data.kinds, data.colours, data.patterns).numpy()
     return ids[:, 0], ids[:, 1], ids[:, 2]
 
@@ -302,25 +310,24 @@ def train_feature_net(data, train_idx, device, epochs: int = FEAT_EPOCHS, width:
     data.colours, data.patterns; a missing colour or pattern is ignored), Adam with a
     linearly decaying LR, random flips and small shifts. Deterministic for a given
     input (FEAT_SEED)."""
-    from datasets import augment
     train_idx = np.asarray(train_idx)
     kind_t, colour_t, pattern_t = (torch.from_numpy(t[train_idx])
                                    for t in attribute_targets(data))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(FEAT_SEED)
-        gen = torch.Generator().manual_seed(FEAT_SEED)
+        rng = torch.Generator().manual_seed(FEAT_SEED)
         net = GarmentFeatureNet(width).to(device).train()
         opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-4)
         bs = max(2, min(batch_size, len(train_idx)))  # BatchNorm needs 2 per batch
         steps = max(1, len(train_idx) // bs) * epochs
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.02, 1 - s / steps))
         for epoch in range(epochs):
-            perm = torch.randperm(len(train_idx), generator=gen)
+            perm = torch.randperm(len(train_idx), generator=rng)
             batches = [perm[s:s + bs] for s in range(0, len(perm) - bs + 1, bs)]
             bar = tqdm(batches, desc=f"feature net epoch {epoch + 1}/{epochs}", unit="batch",
                        disable=not progress)
             for b in bar:
-                x = augment(data.pixels(train_idx[b.numpy()]), gen, max_shift=0.04, max_zoom=0.05)
+                x = augment(data.pixels(train_idx[b.numpy()]), rng, max_shift=0.04, max_zoom=0.05)
                 _, kl, cl, pl = net(to_feat_size(x).to(device))
                 loss = F.cross_entropy(kl, kind_t[b].to(device))
                 for logits, t in ((cl, colour_t[b]), (pl, pattern_t[b])):
@@ -434,13 +441,11 @@ def _cycle(idx: np.ndarray, n: int) -> np.ndarray:
 
 
 def _load_eval_data(cfg: Config, progress: bool):
-    from datasets import load_data, prepare
     if cfg.data_dir is None:
-        from synthetic import ensure_synthetic
         print(f"no --data_dir: evaluating on the built-in synthetic garments in {cfg.builtin_dir}")
         ensure_synthetic(cfg.builtin_dir, n_per_kind=cfg.builtin_per_kind, seed=0)
-    data = load_data(cfg, FEAT_SIZE, split=None, progress=progress)
-    index = prepare(cfg, FEAT_SIZE, progress=False)  # a cache hit: the split of every row
+    index = prepare(cfg, FEAT_SIZE, progress=progress)
+    data = load_data(cfg, FEAT_SIZE, split=None, progress=progress, index=index)
     splits = [index["splits"][r] for r in data.rows]
     return data, splits, index["key"]
 
@@ -464,24 +469,99 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     cfg supplies the data (data_dir, builtin_dir, cache_dir, embeddings_path), seed,
     device, out_dir and wandb_mode; the generator's sizes come from its checkpoint.
     Returns the metrics (see the module docstring) and writes OUT_DIR/eval/."""
-    import main as main_mod
+    check_eval_sizes(n_per_kind, k, feat_epochs)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    netG, gcfg, _ = sample.load_generator(net_g_path, device)
+    out = check_writable_dir(Path(cfg.out_dir) / "eval")
+    # the captions are embedded with the generator's text model
+    ecfg = dataclasses.replace(cfg, text_model=gcfg.text_model, text_dim=gcfg.text_dim)
+    if gcfg.resolved_data_dir().resolve() != ecfg.resolved_data_dir().resolve():
+        print(f"note: {net_g_path} was trained on {gcfg.resolved_data_dir()}, "
+              f"evaluating on {ecfg.resolved_data_dir()}")
+
+    data, splits, index_key = _load_eval_data(ecfg, progress)
+    train_idx, held_idx, self_made = heldout_split(data, splits, ecfg, gcfg, net_g_path)
+    net, finfo = load_or_train_feature_net(ecfg, data, train_idx, held_idx, index_key, device,
+                                           epochs=feat_epochs, width=feat_width,
+                                           progress=progress)
+    print_featnet(finfo)
+
+    targets = attribute_targets(data)  # kind, colour, pattern class of every sample
+    kinds_all = targets[0]
+    # real held-out images, each once
+    r_feat, *r_logp = featurize(net, (lambda idx: data.pixels(held_idx[idx]), len(held_idx)),
+                                device, desc="features: held-out", progress=progress)
+    r_t = [t[held_idx] for t in targets]
+    present, sel, has_short, short_emb = draw_eval_samples(data, held_idx, r_t[0], n_per_kind,
+                                                           ecfg.seed)
+    g_t = [t[sel] for t in targets]
+    s_t = [t[has_short] for t in g_t]
+    fd_a, fd_b = fd_halves(held_idx, kinds_all)  # two disjoint halves of the held-out images
+    fd_present = [kd for kd in range(len(KINDS)) if (kinds_all[fd_a] == kd).any()]
+
+    print(f"generating {len(sel)} images ({n_per_kind} per kind, {len(present)} kinds) from "
+          f"long and as many from short captions, and {len(fd_a)} for FD-garment, "
+          f"with {net_g_path}")
+    images, short_images, shown = generate_eval_images(netG, data, present, sel, short_emb,
+                                                       n_per_kind, ecfg.seed, device, progress)
+    _, *g_logp = featurize(net, images, device, desc="features: generated", progress=progress)
+    _, *s_logp = featurize(net, short_images[torch.as_tensor(has_short)], device,
+                           desc="features: short prompts", progress=progress)
+    fd_floor, fd_gen = fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present,
+                                  kinds_all, ecfg.seed, device, progress)
+
+    # accuracies: (attribute, set, kind name or "all") -> (value, n)
+    acc = accuracies({"real": (r_logp, r_t), "generated": (g_logp, g_t),
+                      "short": (s_logp, s_t)}, present)
+    rp_real, k_real = r_precision(r_logp[0], r_logp[1], r_t[0], r_t[1], r_t[0], r_t[1], k,
+                                  seed=ecfg.seed, pattern_logp=r_logp[2], own_pattern=r_t[2],
+                                  pool_pattern=r_t[2])
+    rp_gen, k_gen = r_precision(g_logp[0], g_logp[1], g_t[0], g_t[1], r_t[0], r_t[1], k,
+                                seed=ecfg.seed, pattern_logp=g_logp[2], own_pattern=g_t[2],
+                                pool_pattern=r_t[2])
+    rows = result_rows(acc, present, [("fd_garment", "generated", "all", fd_gen, len(fd_a)),
+                                      ("fd_garment", "real_heldout_half", "all", fd_floor,
+                                       len(fd_b)),
+                                      ("r_precision", "real_heldout", "all", rp_real,
+                                       len(held_idx)),
+                                      ("r_precision", "generated", "all", rp_gen, len(sel))])
+    metrics = metrics_from_rows(rows)
+    metrics.update({
+        "k": k, "candidates_real": k_real, "candidates_generated": k_gen,
+        "n_heldout": len(held_idx), "n_generated": len(sel),
+        "n_generated_short": int(has_short.sum()), "n_fd": len(fd_a),
+        "fd_kinds": [KINDS[kd] for kd in fd_present],
+        "heldout_made_here": self_made, "per_kind": per_kind_from_rows(rows),
+        "featnet": finfo, "net_g": str(net_g_path), "stage": gcfg.stage,
+    })
+    csv_path = write_rows(rows, out / "results.csv")
+    # grid: one row per kind, up to GRID_COLUMNS of its evaluated (long-caption) images
+    grid = save_grid(torch.cat(shown), out / "generated.png", nrow=min(n_per_kind, GRID_COLUMNS),
+                     row_labels=[KINDS[kd] for kd in present])
+    metrics["csv"], metrics["grid"] = str(csv_path), str(grid)
+
+    print_table(metrics)
+    print(f"wrote {csv_path} and {grid}")
+    log_to_wandb(ecfg, out, metrics, grid)
+    return metrics
+
+
+# --------------------------------------------------------------- evaluation steps
+
+def check_eval_sizes(n_per_kind: int, k: int, feat_epochs: int):
     if n_per_kind < 1:
         raise UserError(f"--n_per_kind must be at least 1, got {n_per_kind}")
     if k < 2:
         raise UserError(f"--k must be at least 2 (the own caption and one distractor), got {k}")
     if feat_epochs < 1:
         raise UserError(f"--feat_epochs must be at least 1, got {feat_epochs}")
-    device = resolve_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    netG, gcfg, _ = main_mod.load_generator(net_g_path, device)
-    out = check_writable_dir(Path(cfg.out_dir) / "eval")
-    cfg = dataclasses.replace(cfg, text_model=gcfg.text_model, text_dim=gcfg.text_dim)
-    if gcfg.resolved_data_dir().resolve() != cfg.resolved_data_dir().resolve():
-        print(f"note: {net_g_path} was trained on {gcfg.resolved_data_dir()}, "
-              f"evaluating on {cfg.resolved_data_dir()}")
 
-    data, splits, index_key = _load_eval_data(cfg, progress)
+
+def heldout_split(data, splits, cfg: Config, gcfg: Config, net_g_path):
+    """split_heldout with plain errors when either side is empty or the embeddings do
+    not fit the generator."""
     train_idx, held_idx, self_made = split_heldout(data, splits)
     if len(held_idx) == 0:
         raise UserError(f"no held-out images in {cfg.resolved_data_dir()}: a labels.csv split "
@@ -495,154 +575,155 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     if data.emb.shape[1] != gcfg.text_dim:
         raise UserError(f"caption embeddings have {data.emb.shape[1]} dims, {net_g_path} "
                         f"expects {gcfg.text_dim}")
+    return train_idx, held_idx, self_made
 
-    net, finfo = load_or_train_feature_net(cfg, data, train_idx, held_idx, index_key, device,
-                                           epochs=feat_epochs, width=feat_width,
-                                           progress=progress)
+
+def print_featnet(finfo: dict):
     how = f"trained in {finfo['seconds']:.0f}s" if finfo["trained"] else "cached"
     print(f"garment feature net ({how}, {finfo['path']}): "
           f"held-out kind accuracy {finfo['kind_acc']:.3f} (n={finfo['n_heldout']}), colour "
           f"accuracy {finfo['colour_acc']:.3f} (n={finfo['n_heldout_colour']}), pattern "
           f"accuracy {_fmt(finfo['pattern_acc'])} (n={finfo['n_heldout_pattern']})")
 
-    targets = attribute_targets(data)  # kind, colour, pattern class of every sample
-    kinds_all = targets[0]
 
-    # real held-out images, each once
-    r_feat, *r_logp = featurize(net, (lambda idx: data.pixels(held_idx[idx]), len(held_idx)),
-                                device, desc="features: held-out", progress=progress)
-    r_t = [t[held_idx] for t in targets]
-
-    # samples to draw from: n_per_kind per held-out kind, shuffled by the seed, cycled
-    rng = np.random.default_rng(cfg.seed)
-    present = [kd for kd in range(len(KINDS)) if (r_t[0] == kd).any()]
-    sel = np.concatenate([_cycle(rng.permutation(held_idx[r_t[0] == kd]), n_per_kind)
+def draw_eval_samples(data, held_idx, held_kinds, n_per_kind: int, seed: int):
+    """The samples to generate from: n_per_kind per held-out kind, shuffled by the seed,
+    cycled. Returns (kinds present, sample indices, has-a-short-caption mask, the
+    short-prompt embeddings: each sample's second caption, its long one where it has no
+    other, so that the noise stays paired with the long-caption image)."""
+    rng = np.random.default_rng(seed)
+    present = [kd for kd in range(len(KINDS)) if (held_kinds == kd).any()]
+    sel = np.concatenate([_cycle(rng.permutation(held_idx[held_kinds == kd]), n_per_kind)
                           for kd in present])
     sel_t = torch.as_tensor(sel)
-    g_t = [t[sel] for t in targets]
-    # short prompts: each sample's second caption (its long one where it has no other,
-    # so that the noise stays paired with the long-caption image; those are dropped)
     has_short = (data.text_count[sel_t] > 1)
     short_emb = data.text_emb[data.text_start[sel_t] + has_short.long()]
-    has_short = has_short.numpy()
-    s_t = [t[has_short] for t in g_t]
-    # FD-garment: two disjoint halves of the held-out images
-    fd_a, fd_b = fd_halves(held_idx, kinds_all)
-    fd_present = [kd for kd in range(len(KINDS)) if (kinds_all[fd_a] == kd).any()]
+    return present, sel, has_short.numpy(), short_emb
 
-    print(f"generating {len(sel)} images ({n_per_kind} per kind, {len(present)} kinds) from "
-          f"long and as many from short captions, and {len(fd_a)} for FD-garment, "
-          f"with {net_g_path}")
-    # one kind at a time, kept at 64 px (plus the grid's images at full size) so that
-    # memory stays bounded by n_per_kind for 256 px Stage-II images
-    images, short_images, fd_images, shown = [], [], [], []
+
+def generate_eval_images(netG, data, present, sel, short_emb, n_per_kind: int, seed: int,
+                         device, progress: bool):
+    """(long-caption images, short-caption images, the grid's images): one kind at a time,
+    kept at 64 px (plus the grid's images at full size) so that memory stays bounded by
+    n_per_kind for 256 px Stage-II images."""
+    images, short_images, shown = [], [], []
     cols = min(n_per_kind, GRID_COLUMNS)
+    sel_t = torch.as_tensor(sel)
     for j, kd in enumerate(tqdm(present, desc="generating", unit="kind", disable=not progress)):
         rows = slice(j * n_per_kind, (j + 1) * n_per_kind)
-        seed = _noise_seed(cfg.seed, kd, 0)
-        img = main_mod.sample_images(netG, data.emb[sel_t[rows]].to(device), 1, seed)
+        noise_seed = _noise_seed(seed, kd, 0)
+        img = sample.sample_images(netG, data.emb[sel_t[rows]].to(device), 1, noise_seed)
         shown.append(img[:cols])
         images.append(to_feat_size(img))
         short_images.append(to_feat_size(
-            main_mod.sample_images(netG, short_emb[rows].to(device), 1, seed)))
+            sample.sample_images(netG, short_emb[rows].to(device), 1, noise_seed)))
+    return torch.cat(images), torch.cat(short_images), shown
+
+
+def fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present, kinds_all, seed: int,
+               device, progress: bool) -> tuple[float, float]:
+    """(floor FD(real A, real B), FD(generated from A's captions, real B)); NaN when no
+    kind has two held-out images."""
+    if not len(fd_a):
+        print("no kind has two held-out images: FD-garment is left out")
+        return float("nan"), float("nan")
+    fd_images = []
     for kd in fd_present:
         part = torch.as_tensor(fd_a[kinds_all[fd_a] == kd])
-        fd_images.append(to_feat_size(main_mod.sample_images(
-            netG, data.emb[part].to(device), 1, _noise_seed(cfg.seed, kd, 1))))
-    _, *g_logp = featurize(net, torch.cat(images), device, desc="features: generated",
-                           progress=progress)
-    _, *s_logp = featurize(net, torch.cat(short_images)[torch.as_tensor(has_short)], device,
-                           desc="features: short prompts", progress=progress)
+        fd_images.append(to_feat_size(sample.sample_images(
+            netG, data.emb[part].to(device), 1, _noise_seed(seed, kd, 1))))
+    pos = {int(i): p for p, i in enumerate(held_idx)}
+    feat_b = r_feat[torch.as_tensor([pos[int(i)] for i in fd_b])]
+    feat_a = r_feat[torch.as_tensor([pos[int(i)] for i in fd_a])]
+    fd_feat, *_ = featurize(net, torch.cat(fd_images), device, desc="features: FD set",
+                            progress=progress)
+    return frechet_distance(feat_a, feat_b), frechet_distance(fd_feat, feat_b)
 
-    if len(fd_a):
-        pos = {int(i): p for p, i in enumerate(held_idx)}
-        feat_b = r_feat[torch.as_tensor([pos[int(i)] for i in fd_b])]
-        feat_a = r_feat[torch.as_tensor([pos[int(i)] for i in fd_a])]
-        fd_feat, *_ = featurize(net, torch.cat(fd_images), device, desc="features: FD set",
-                                progress=progress)
-        fd_floor = frechet_distance(feat_a, feat_b)
-        fd_gen = frechet_distance(fd_feat, feat_b)
-    else:
-        print("no kind has two held-out images: FD-garment is left out")
-        fd_floor = fd_gen = float("nan")
 
-    # accuracies: (attribute, set, kind name or "all") -> (value, n)
+def accuracies(sets: dict, present) -> dict:
+    """{(attribute, set, kind name or "all"): (value, n)} from {set: (log-probabilities
+    per attribute, targets per attribute)}."""
     acc = {}
-    for s, logps, ts in (("real", r_logp, r_t), ("generated", g_logp, g_t),
-                         ("short", s_logp, s_t)):
+    for s, (logps, ts) in sets.items():
         for attr, logp, t in zip(ATTRS, logps, ts):
             acc[(attr, s, "all")] = _accuracy(logp, t)
             for kd in present:
                 m = ts[0] == kd
                 acc[(attr, s, KINDS[kd])] = _accuracy(logp[torch.as_tensor(m)], t[m])
-    rp_real, k_real = r_precision(r_logp[0], r_logp[1], r_t[0], r_t[1], r_t[0], r_t[1], k,
-                                  seed=cfg.seed, pattern_logp=r_logp[2], own_pattern=r_t[2],
-                                  pool_pattern=r_t[2])
-    rp_gen, k_gen = r_precision(g_logp[0], g_logp[1], g_t[0], g_t[1], r_t[0], r_t[1], k,
-                                seed=cfg.seed, pattern_logp=g_logp[2], own_pattern=g_t[2],
-                                pool_pattern=r_t[2])
-    per_kind = {}
-    for kd in present:
-        name = KINDS[kd]
-        per_kind[name] = {}
-        for attr in ATTRS:
-            for s, _ in SETS:
-                v, n = acc[(attr, s, name)]
-                per_kind[name][f"{attr}_{s}"] = v
-                per_kind[name][f"n_{attr}_{s}"] = n
+    return acc
 
-    metrics = {f"{attr}_acc_{s}": acc[(attr, s, "all")][0] for attr in ATTRS for s, _ in SETS}
-    metrics.update({
-        "fd_garment": fd_gen, "fd_garment_floor": fd_floor,
-        "r_precision_real": rp_real, "r_precision_generated": rp_gen,
-        "k": k, "candidates_real": k_real, "candidates_generated": k_gen,
-        "n_heldout": len(held_idx), "n_generated": len(sel),
-        "n_generated_short": int(has_short.sum()), "n_fd": len(fd_a),
-        "fd_kinds": [KINDS[kd] for kd in fd_present],
-        "heldout_made_here": self_made, "per_kind": per_kind,
-        "featnet": finfo, "net_g": str(net_g_path), "stage": gcfg.stage,
-    })
 
+# ------------------------------------------------------------ one shape, the rows
+
+def result_rows(acc: dict, present, others) -> list[tuple]:
+    """The results as results.csv rows (metric, set, kind, value, n): the one source
+    of the metrics dict, the printed table and the WandB log."""
     rows = []
     for attr in ATTRS:
         for kind in ["all"] + [KINDS[kd] for kd in present]:
             for s, set_name in SETS:
                 rows.append((f"{attr}_accuracy", set_name, kind, *acc[(attr, s, kind)]))
-    rows += [("fd_garment", "generated", "all", fd_gen, len(fd_a)),
-             ("fd_garment", "real_heldout_half", "all", fd_floor, len(fd_b)),
-             ("r_precision", "real_heldout", "all", rp_real, len(held_idx)),
-             ("r_precision", "generated", "all", rp_gen, len(sel))]
+    return rows + list(others)
+
+
+SET_KEY = {set_name: s for s, set_name in SETS}  # results.csv set -> metrics key part
+SCALAR_KEYS = {("fd_garment", "generated"): "fd_garment",
+               ("fd_garment", "real_heldout_half"): "fd_garment_floor",
+               ("r_precision", "real_heldout"): "r_precision_real",
+               ("r_precision", "generated"): "r_precision_generated"}
+
+
+def metrics_from_rows(rows) -> dict:
+    """Overall values: <attr>_acc_<set> and the FD / R-precision keys."""
+    m = {}
+    for metric, set_name, kind, value, _ in rows:
+        if metric.endswith("_accuracy") and kind == "all":
+            m[f"{metric[:-len('_accuracy')]}_acc_{SET_KEY[set_name]}"] = value
+    for metric, set_name, kind, value, _ in rows:
+        if (metric, set_name) in SCALAR_KEYS:
+            m[SCALAR_KEYS[(metric, set_name)]] = value
+    return m
+
+
+def per_kind_from_rows(rows) -> dict:
+    """{kind: {<attr>_<set>: value, n_<attr>_<set>: n}} of the per-kind accuracies."""
+    per_kind = {}
+    for metric, set_name, kind, value, n in rows:
+        if metric.endswith("_accuracy") and kind != "all":
+            key = f"{metric[:-len('_accuracy')]}_{SET_KEY[set_name]}"
+            per_kind.setdefault(kind, {}).update({key: value, f"n_{key}": n})
+    return per_kind
+
+
+def write_rows(rows, path: Path) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["metric", "set", "kind", "value", "n"])
     w.writerows(rows)
-    csv_path = out / "results.csv"
-    _atomic_write(csv_path, lambda f: f.write(buf.getvalue().encode()))
+    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
+    return path
 
-    # grid: one row per kind, up to GRID_COLUMNS of its evaluated (long-caption) images
-    grid = save_grid(torch.cat(shown), out / "generated.png", nrow=cols,
-                     row_labels=[KINDS[kd] for kd in present])
-    metrics["csv"], metrics["grid"] = str(csv_path), str(grid)
 
-    print_table(metrics)
-    print(f"wrote {csv_path} and {grid}")
+def log_to_wandb(cfg: Config, out: Path, metrics: dict, grid):
+    """The metrics' numbers (overall, per kind, the feature net's) and the grid."""
     run = init_wandb(cfg, "eval", out)
-    if run is not None:
+    if run is None:
+        return
+    try:
+        flat = {f"eval/{k_}": v for k_, v in metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        flat.update({f"eval/{attr}_acc_{kn}_{s}": v[f"{attr}_{s}"]
+                     for kn, v in metrics["per_kind"].items() for attr in ATTRS for s, _ in SETS})
+        flat.update({f"eval/featnet_{attr}_acc": metrics["featnet"][f"{attr}_acc"]
+                     for attr in ATTRS})
         try:
-            flat = {f"eval/{k_}": v for k_, v in metrics.items()
-                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            flat.update({f"eval/{attr}_acc_{kn}_{s}": v[f"{attr}_{s}"] for kn, v in per_kind.items()
-                         for attr in ATTRS for s, _ in SETS})
-            flat.update({f"eval/featnet_{attr}_acc": finfo[f"{attr}_acc"] for attr in ATTRS})
-            try:
-                import wandb
-                flat["eval/generated"] = wandb.Image(str(grid))
-            except Exception:
-                pass
-            run.log(flat)
-        finally:
-            run.finish()
-    return metrics
+            import wandb  # optional: only a run that logs images needs it
+            flat["eval/generated"] = wandb.Image(str(grid))
+        except Exception:
+            pass
+        run.log(flat)
+    finally:
+        run.finish()
 
 
 def _fmt(v, digits: int = 3) -> str:

@@ -1,4 +1,4 @@
-"""Encode DFMM captions with a SentenceTransformer and cache the vectors.
+"""Caption vectors: encode the derived captions, cache them, and load samples paired with them.
 
     python get_embeddings.py --data_dir DIR [--text_model NAME] [--batch_size 256]
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+import datasets
 from config import PATH, TEXT, CliParser, Config, flag_type, whole
 from utils import UserError, _atomic_write, first_line, run_cli
 
@@ -58,6 +59,7 @@ def _load_text_model(name: str, device: str):
     if os.path.isdir(path):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder needs no hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # imported on first use: slow to import, and it reads the environment set above
     from sentence_transformers import SentenceTransformer
     try:
         return SentenceTransformer(path, device=device)
@@ -172,6 +174,22 @@ def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, da
     return cache["embeddings"][[row[t] for t in texts]]
 
 
+def load_data(cfg: Config, size: int, split: str | None = "train", progress: bool = True,
+              index: dict | None = None) -> datasets.FashionData:
+    """The samples of `split` (None: all) paired with their caption vectors. `index` is
+    datasets.prepare's for `size` when the caller has it already; else it is prepared here."""
+    if index is None:
+        index = datasets.prepare(cfg, size, progress=progress)
+    texts = datasets.caption_texts(index)
+    emb = lookup(texts, index["caption_file"], cfg.resolved_embeddings_path(), cfg.text_model,
+                 data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
+        np.zeros((0, cfg.text_dim), np.float32)
+    if emb.shape[1] != cfg.text_dim:
+        raise UserError(f"--text_dim {cfg.text_dim} does not fit the text model "
+                        f"{cfg.text_model!r}, whose vectors have {emb.shape[1]} dimensions")
+    return datasets.FashionData(index, emb, split=split, max_samples=cfg.max_samples)
+
+
 def build_parser() -> CliParser:
     p = CliParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", required=True, type=flag_type(TEXT),
@@ -189,14 +207,13 @@ def build_parser() -> CliParser:
 def main(argv=None) -> int:
     def job():
         args = build_parser().parse_args(argv)
-        from datasets import caption_texts, prepare, read_captions
         cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                      text_model=args.text_model).validate()
-        captions, bad = read_captions(args.data_dir)
+        captions, bad = datasets.read_captions(args.data_dir)
         # the training captions are derived per garment sample (datasets.derive_captions),
         # which reads the images: build (or reuse) the 64 px cache that holds them
-        index = prepare(cfg, 64)
-        texts = caption_texts(index)
+        index = datasets.prepare(cfg, 64)
+        texts = datasets.caption_texts(index)
         out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
         cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
         print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment "

@@ -59,6 +59,10 @@ Everything is deterministic for a seed: the plan (names, colours, patterns,
 variants, captions, splits) comes from ``numpy.random.default_rng(seed)``, and
 each image is drawn with its own child generator spawned from the same seed,
 so the same seed writes byte-identical files whatever the number of workers.
+
+It is the longest file because it draws five garments with their variants and
+patterns; it is self-contained (NumPy, Pillow, tqdm and config.py's vocabulary), and
+nothing else needs to be read to follow the rest of the repository.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing as mp
 import os
 import pathlib
 import shutil
@@ -75,34 +80,21 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
 
+from config import (COLOURS, KINDS, PARSING_LABELS, SEED, TEXT, CliParser, UserError, flag_type,
+                    whole)
 from config import PATTERNS as VOCAB_PATTERNS
-from config import SEED, TEXT, CliParser, UserError, flag_type, whole
 
 VERSION = 2
 
-KINDS = ("t-shirt", "dress", "pants", "leggings", "shoes")
-
-# Named colours (RGB).  Chosen to be far apart from each other, and "white"
-# sits a little above the background brightness; every garment also gets a
-# dark outline so white garments stay visible.
-COLORS = {
-    "red": (200, 32, 42),
-    "blue": (40, 100, 205),
-    "navy": (26, 36, 88),
-    "green": (34, 140, 64),
-    "yellow": (242, 206, 40),
-    "black": (30, 30, 32),
-    "white": (248, 248, 246),
-    "pink": (240, 150, 188),
-    "purple": (118, 56, 160),
-    "orange": (240, 126, 30),
-    "grey": (132, 134, 140),
-    "beige": (222, 201, 160),
-    "brown": (118, 74, 40),
-}
-
-PARSING_IDS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 11}
+# The painted shade of each colour: the first reference shade of config.COLOURS, in the
+# order colours are drawn (far apart from each other; "white" sits a little above the
+# background brightness, and every garment also gets a dark outline so white garments
+# stay visible).
+PAINT_ORDER = ("red", "blue", "navy", "green", "yellow", "black", "white", "pink", "purple",
+               "orange", "grey", "beige", "brown")
+COLOUR_RGB = {c: COLOURS[c][0] for c in PAINT_ORDER}
 
 PATTERNS = ("solid", "striped", "dotted", "checked", "floral", "graphic")
 FABRIC_IDS = {"denim": 0, "cotton": 1, "leather": 2, "furry": 3, "knitted": 4, "chiffon": 5, "other": 6}
@@ -142,24 +134,24 @@ def _pick(rng, items, weights=None):
 
 
 def _rgb_dist(a, b):
-    return math.sqrt(sum((float(x) - float(y)) ** 2 for x, y in zip(COLORS[a], COLORS[b])))
+    return math.sqrt(sum((float(x) - float(y)) ** 2 for x, y in zip(COLOUR_RGB[a], COLOUR_RGB[b])))
 
 
 def _second_color(rng, c1):
     """A pattern colour that contrasts clearly with the base colour."""
-    options = [c for c in COLORS if c != c1 and _rgb_dist(c, c1) > 150]
+    options = [c for c in COLOUR_RGB if c != c1 and _rgb_dist(c, c1) > 150]
     # white and black make the most common second colours, as in real prints
     weights = [3.0 if c in ("white", "black") else 1.0 for c in options]
     return _pick(rng, options, weights)
 
 
-_ALL_COLORS = tuple(COLORS)
+_ALL_COLOURS = tuple(COLOUR_RGB)
 
 
 def _color_for(rng, kind, category, style):
     if kind == "leggings":
         w = {"black": 6, "navy": 3, "grey": 3, "purple": 1.5, "blue": 1.5, "brown": 1}
-        return _pick(rng, _ALL_COLORS, [w.get(c, 1.0) for c in _ALL_COLORS])
+        return _pick(rng, _ALL_COLOURS, [w.get(c, 1.0) for c in _ALL_COLOURS])
     if category == "Denim":
         return _pick(rng, ("blue", "navy", "black", "grey", "white", "beige"), (6, 4, 3, 2, 1, 1))
     if kind == "shoes" and style == "boots":
@@ -167,8 +159,8 @@ def _color_for(rng, kind, category, style):
                      (6, 6, 3, 2, 1.5, 1, 1, 1))
     if kind == "shoes":
         w = {"white": 5, "black": 3, "grey": 2, "navy": 1.5, "blue": 1.5, "red": 1.5}
-        return _pick(rng, _ALL_COLORS, [w.get(c, 1.0) for c in _ALL_COLORS])
-    return _pick(rng, _ALL_COLORS)
+        return _pick(rng, _ALL_COLOURS, [w.get(c, 1.0) for c in _ALL_COLOURS])
+    return _pick(rng, _ALL_COLOURS)
 
 
 def _plan_one(rng, kind):
@@ -452,7 +444,7 @@ def _draw_tshirt(p, s, rng):
         front = _bez((-nw, vs - 0.01), (0, vs - 0.01 + 2 * front_depth), (nw, vs - 0.01), 12)
     else:
         front = [(-nw, vs - 0.01), (0, vs - 0.01 + front_depth), (nw, vs - 0.01)]
-    c1 = np.array(COLORS[s["color"]]) / 255.0
+    c1 = np.array(COLOUR_RGB[s["color"]]) / 255.0
     p.overlay([back + front], tuple(c1 * 0.55 + 0.02))
     # rib along the neckline, hems, seams
     p.line(front, 2.5, 110)
@@ -486,7 +478,7 @@ def _draw_dress(p, s, rng):
         hw = _u(rng, 0.34, 0.41)
     vb = 0.19                                     # armhole bottom / bust
     sleeve = s["sleeve"]
-    c1 = np.array(COLORS[s["color"]]) / 255.0
+    c1 = np.array(COLOUR_RGB[s["color"]]) / 255.0
     skirt = (_bez((ww, vw), (ww + (hw - ww) * 0.25, (vw + vh) * 0.5), (hw, vh), 10)[1:]
              + _bez((hw, vh), (hw * 0.5, vh + 0.022), (0.0, vh + 0.025), 8)[1:])
     if sleeve == "straps":
@@ -648,7 +640,7 @@ def _draw_shoes(p, s, rng):
     off_v = _u(rng, 0.11, 0.15)
     # the pair spans length + off_u; centre it horizontally
     span = length + off_u
-    c1 = np.array(COLORS[s["color"]]) / 255.0
+    c1 = np.array(COLOUR_RGB[s["color"]]) / 255.0
     sole_rgb = {"white": (0.95, 0.95, 0.93), "black": (0.12, 0.12, 0.13),
                 "dark": (0.16, 0.12, 0.1) if s["color"] != "black" else (0.3, 0.3, 0.31)}[s["sole"]]
     outline = _BOOT if boots else _SNEAKER
@@ -730,13 +722,13 @@ def _pattern(s, box, k, rng, painter):
     pixels): (y1 - y0, x1 - x0, 3) float32 in 0..1.  ``k`` is the image
     width / 256, so pattern sizes follow the image size."""
     x0, y0, x1, y1 = box
-    c1 = np.asarray(COLORS[s["color"]], dtype=np.float32) / 255.0
+    c1 = np.asarray(COLOUR_RGB[s["color"]], dtype=np.float32) / 255.0
     out = np.empty((y1 - y0, x1 - x0, 3), dtype=np.float32)
     out[:] = c1
     pat = s["pattern"]
     if pat in ("solid", "graphic"):
         return out
-    c2 = np.asarray(COLORS[s["color2"]], dtype=np.float32) / 255.0
+    c2 = np.asarray(COLOUR_RGB[s["color2"]], dtype=np.float32) / 255.0
     yy, xx = _grid(painter.w, painter.h)
     yy, xx = yy[y0:y1, x0:x1], xx[y0:y1, x0:x1]
     if pat == "striped":
@@ -829,7 +821,7 @@ def _graphic(s, painter, rng):
     else:               # diamond with a stripe
         d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=255)
         d.rectangle((cx - r, cy - r * 0.12, cx + r, cy + r * 0.12), fill=0)
-    c2 = np.asarray(COLORS[s["color2"]], dtype=np.float32) / 255.0
+    c2 = np.asarray(COLOUR_RGB[s["color2"]], dtype=np.float32) / 255.0
     painter.overlays.append((layer, tuple(c2)))
 
 
@@ -907,7 +899,7 @@ def _render(s, w, h):
 
     rgb = (np.clip(bg, 0, 1) * 255.0 + 0.5).astype(np.uint8)
     parsing = np.zeros((h, w), dtype=np.uint8)
-    parsing[y0:y1, x0:x1] = np.where(m8 >= 128, PARSING_IDS[kind], 0)
+    parsing[y0:y1, x0:x1] = np.where(m8 >= 128, PARSING_LABELS[kind], 0)
     return rgb, parsing
 
 
@@ -978,7 +970,6 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
         nw = _n_workers(len(jobs), workers)
         bar = None
         if progress:
-            from tqdm import tqdm
             bar = tqdm(total=len(jobs), desc="synthetic", unit="img")
         if nw == 1:
             for job in jobs:
@@ -986,7 +977,6 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
                 if bar is not None:
                     bar.update(1)
         else:
-            import multiprocessing as mp
             with mp.get_context().Pool(nw) as pool:
                 for _ in pool.imap_unordered(_write_one, jobs, chunksize=16):
                     if bar is not None:

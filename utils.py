@@ -157,13 +157,13 @@ def standing_stats(netG: torch.nn.Module, emb: torch.Tensor, n_batches: int = 16
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the passes below
         dev = next(netG.parameters()).device
-        gen = torch.Generator().manual_seed(seed)
+        rng = torch.Generator().manual_seed(seed)
         bs = max(2, min(batch_size, len(emb)))
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed)
             for _ in range(n_batches):
-                idx = torch.randint(len(emb), (bs,), generator=gen)
-                z = torch.randn(bs, netG.z_dim, generator=gen).to(dev)
+                idx = torch.randint(len(emb), (bs,), generator=rng)
+                z = torch.randn(bs, netG.z_dim, generator=rng).to(dev)
                 with autocast(dev, bf16):
                     netG(emb[idx.to(emb.device)].to(dev), z)
         for m, mom in zip(active, momenta):

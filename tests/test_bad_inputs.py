@@ -13,6 +13,7 @@ from PIL import Image
 
 import datasets as ds
 import main
+import sample
 from config import FABRICS, PATTERNS, Config
 from utils import UserError, load_checkpoint
 
@@ -142,7 +143,7 @@ def test_huge_image_is_skipped(tmp_path, monkeypatch):
 @given(prompt=st.text(max_size=3000))
 def test_any_prompt_is_accepted_or_refused_clearly(prompt):
     try:
-        out = main.read_prompts([prompt], None)
+        out = sample.read_prompts([prompt], None)
     except UserError as e:
         assert not prompt.split() and "empty" in str(e)
         return
@@ -438,7 +439,7 @@ def test_prompts_of_any_characters(prompts):
     """Prompts from a command line that was not UTF-8 (lone surrogates) are refused in
     one line before they reach the tokenizer; any other text is cleaned and kept."""
     try:
-        out = main.read_prompts(prompts, None)
+        out = sample.read_prompts(prompts, None)
     except UserError as e:
         assert "\n" not in str(e)
         assert any(not p.split() for p in prompts) or any(not encodable(p) for p in prompts)

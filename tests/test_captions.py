@@ -151,12 +151,12 @@ def test_derivation_is_in_the_cache_key_and_the_show_listing(dfmm, capsys):
 
 
 def test_sweep_prompts_are_the_short_caption_forms():
-    import main
-    assert main.sweep_prompts("colour", "dress")[:2] == ["a red dress", "an orange dress"]
-    assert main.sweep_prompts("pattern", "pants") == [
+    import sample
+    assert sample.sweep_prompts("colour", "dress")[:2] == ["a red dress", "an orange dress"]
+    assert sample.sweep_prompts("pattern", "pants") == [
         "a pair of red pants", "a pair of red striped pants", "a pair of red dotted pants",
         "a pair of red plaid pants", "a pair of red floral pants"]
     # each is exactly a short caption the training derives for such a garment
     shorts = {ds.derive_captions("t-shirt", f"The T-shirt has {p} patterns.", "red")["captions"][1]
-              for p in main.SWEEP_PATTERNS}
-    assert shorts == set(main.sweep_prompts("pattern", "t-shirt"))
+              for p in sample.SWEEP_PATTERNS}
+    assert shorts == set(sample.sweep_prompts("pattern", "t-shirt"))

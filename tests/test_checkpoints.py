@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import get_embeddings
 import main
+import sample
 from conftest import tiny_args, write_dfmm
 from utils import UserError, checksums, load_checkpoint, save_checkpoint
 
@@ -138,7 +139,7 @@ def test_entries_removed_or_replaced(trained, tmp_path, data):
     else:
         torch.save(state, path)
     try:
-        main.load_generator(path, "cpu")
+        sample.load_generator(path, "cpu")
         event("loaded")
     except UserError as e:
         assert one_line_error(e)

@@ -9,6 +9,7 @@ from PIL import Image
 import datasets as ds
 from config import KINDS, Config
 from conftest import CLOTHING_SMALL, write_dfmm
+from get_embeddings import load_data
 from utils import UserError
 
 
@@ -149,7 +150,7 @@ def test_cache_is_built_once_and_rebuilt_on_change(dfmm):
 def test_training_batches_and_wrong_pairs(dfmm):
     root, _ = dfmm
     cfg = cfg_for(root)
-    data = ds.load_data(cfg, 16, progress=False)
+    data = load_data(cfg, 16, progress=False)
     assert len(data) == len(data.kinds) == data.emb.shape[0]
     gen = torch.Generator().manual_seed(0)
     idx = next(data.batches(6, gen))

@@ -9,6 +9,7 @@ import torch
 
 import evaluate
 import main
+import sample
 from config import COLOURS, KINDS, PATTERNS, Config
 from conftest import ROOT, tiny_args
 
@@ -277,13 +278,13 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
     out = tmp_path / "out"
     assert main.main(["--train", "y", "--stage", "1"] + tiny_args(root, out)) == 0
     calls = []  # (text embeddings, seed) of every generation call, run for real
-    real_sample = main.sample_images
+    real_sample = sample.sample_images
 
     def recording_sample(netG, emb, n, seed, **kw):
         calls.append((emb.detach().cpu().clone(), seed))
         return real_sample(netG, emb, n, seed, **kw)
 
-    monkeypatch.setattr(main, "sample_images", recording_sample)
+    monkeypatch.setattr(sample, "sample_images", recording_sample)
     ckpt = out / "stage1" / "last.pt"
     cfg = Config(data_dir=str(root), out_dir=str(tmp_path / "ev"), wandb_mode="disabled",
                  device="cpu")

@@ -16,7 +16,7 @@ import evaluate
 import get_embeddings
 import main
 import synthetic
-from config import FIELD_RULES, Config
+from config import BUILTIN_PRESET, FIELD_RULES, Config
 from utils import run_cli
 
 
@@ -195,9 +195,24 @@ def test_every_config_field_has_a_rule_and_a_flag():
     flags = {a.dest for a in main.build_parser()._actions}
     assert fields - flags == {"category_map", "parsing_labels"}  # mappings: not flags
     Config().validate()
-    for preset in (main.DEBUG, main.BUILTIN_PRESET):
+    for preset in (main.DEBUG, BUILTIN_PRESET):
         Config(**preset).validate()
 
+
+
+def test_presets_are_named_and_the_default_follows_data_dir():
+    def settle(*argv):
+        args = main.build_parser().parse_args(list(argv))
+        return main.make_config(args)[0], main.describe_preset(args)
+
+    builtin, said = settle("--train", "y")
+    assert builtin == Config(**BUILTIN_PRESET) and said.startswith("preset builtin (no --data_dir)")
+    paper, said = settle("--train", "y", "--data_dir", "d")
+    assert paper == Config(data_dir="d") and said.startswith("preset stackgan (--data_dir)")
+    assert settle("--preset", "stackgan")[0] == Config()
+    assert settle("--preset", "builtin", "--data_dir", "d")[0] == Config(data_dir="d",
+                                                                         **BUILTIN_PRESET)
+    assert settle("--gf_dim", "64")[0].gf_dim == 64  # a flag still overrides the preset
 
 def test_checkpoint_settings_go_through_the_same_rules(tmp_path, capsys):
     import torch

@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 import main
+import sample
 from conftest import tiny_args
 from utils import load_checkpoint
 
@@ -63,11 +64,11 @@ def test_stage1_stage2_then_generation(dfmm, tmp_path, capsys):
     assert rc == 0, err
     assert [Image.open(p).tobytes() for p in sorted(g.glob("0*.png"))] == first
     # at the tensor level: same seed equal, another seed different
-    netG, _, _ = main.load_generator(s2 / "last.pt", "cpu")
+    netG, _, _ = sample.load_generator(s2 / "last.pt", "cpu")
     emb = torch.randn(2, 384)
-    a, b = main.sample_images(netG, emb, 2, seed=1), main.sample_images(netG, emb, 2, seed=1)
+    a, b = sample.sample_images(netG, emb, 2, seed=1), sample.sample_images(netG, emb, 2, seed=1)
     assert torch.equal(a, b) and a.shape == (4, 3, 64, 64)
-    assert not torch.equal(a, main.sample_images(netG, emb, 2, seed=2))
+    assert not torch.equal(a, sample.sample_images(netG, emb, 2, seed=2))
 
     # prompts from a file, Stage I explicitly
     pf = tmp_path / "prompts.txt"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from config import COLOURS, KINDS, PATTERNS, Config
-from main import ema_decay
+from train import ema_decay
 from model import CA_NET, CondUpBlock, Stage1_D, Stage1_G, Stage2_D, Stage2_G, build_models
 from utils import attribute_loss, discriminator_loss, generator_loss, kl_loss
 

@@ -54,7 +54,7 @@ def test_layout_and_counts(data):
     counts = {k: sum(r["category"] == k for r in rows) for k in synthetic.KINDS}
     assert counts == {k: N for k in synthetic.KINDS}
     for r in rows:
-        assert r["color"] in synthetic.COLORS
+        assert r["color"] in synthetic.COLOUR_RGB
         assert r["pattern"] in PATTERNS  # the vocabulary's name
         assert r["split"] in ("train", "validation")
     assert len(list((data / "images").iterdir())) == 5 * N
@@ -101,7 +101,7 @@ def test_segmentation_masks(data):
             assert im.mode == "L"
             assert im.size == (W, H)
             seg = np.asarray(im)
-        pid = synthetic.PARSING_IDS[r["category"]]
+        pid = synthetic.PARSING_LABELS[r["category"]]
         values = set(np.unique(seg).tolist())
         assert values == {0, pid}, (r["image"], values)
         frac = (seg == pid).mean()
@@ -194,8 +194,8 @@ def test_refuses_to_replace_unrelated_directory(tmp_path):
 
 
 def _nearest(rgb):
-    names = list(synthetic.COLORS)
-    table = np.array([synthetic.COLORS[c] for c in names], dtype=float)
+    names = list(synthetic.COLOUR_RGB)
+    table = np.array([synthetic.COLOUR_RGB[c] for c in names], dtype=float)
     return names[int(np.argmin(((table - np.asarray(rgb, dtype=float)) ** 2).sum(1)))]
 
 
