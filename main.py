@@ -378,6 +378,7 @@ def train(cfg: Config, explicit: set, stage1_path=None, resume=None) -> dict:
         with autocast(device, bf16):
             write_snapshot(netG if netG_ema is None else netG_ema, data, rows, fixed_noise,
                            out / "samples" / f"{tag}.png", cfg.stage)
+        log.log_image(step, out / "samples" / f"{tag}.png")
         log.flush()
 
     steps_per_epoch = len(data) // (cfg.batch_size * world)
