@@ -10,6 +10,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from config import UserError
+
 
 def setup(device_name: str = "auto"):
     """Start the process group when launched by torchrun. Returns (rank, world, device)."""
@@ -19,7 +21,6 @@ def setup(device_name: str = "auto"):
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if use_cuda and local_rank >= torch.cuda.device_count():
-        from utils import UserError
         raise UserError(f"{world} processes on this node need {local_rank + 1} GPUs or more, it "
                         f"has {torch.cuda.device_count()}: start one process per GPU, or pass "
                         "--device cpu")
@@ -35,14 +36,6 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
 def barrier():
     if is_dist():
         dist.barrier()
@@ -54,7 +47,7 @@ def all_mean(t: torch.Tensor) -> torch.Tensor:
         return t
     t = t.clone()
     dist.all_reduce(t)
-    return t / get_world_size()
+    return t / dist.get_world_size()
 
 
 def any_flag(flag: bool, device) -> bool:
