@@ -87,7 +87,6 @@ def test_wandb_project_and_dir_variables_below_the_flags(wandb_env, monkeypatch,
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("WANDB_PROJECT", "from-env")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wb"))
-    (tmp_path / "wb").mkdir()
     run = init_wandb(Config(wandb_mode="offline"), "train-stage1", tmp_path / "out")
     assert run is not None  # the flag beats WANDB_MODE
     wandb_env.append(run)
