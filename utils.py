@@ -588,7 +588,8 @@ class LossLog:
 
 def plot_curves(steps, series: dict, path, size=(900, 480)):
     """Write a line chart of `series` ({name: values per step}) against `steps` as a PNG
-    of `size` pixels; each curve is smoothed by a moving average over 1/50 of its points."""
+    of `size` pixels; each curve is smoothed by a moving average over 1/50 of its points
+    (over the points there are, at its ends)."""
     # matplotlib is imported here, not at the top: only training draws plots, and its
     # import would add a third of a second to every start of generation and the page
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -601,9 +602,10 @@ def plot_curves(steps, series: dict, path, size=(900, 480)):
     steps = np.asarray(steps, dtype=float)
     for name, v in series.items():
         v = np.asarray(v, dtype=float)
-        win = max(1, len(v) // 50)
-        ax.plot(steps, np.convolve(v, np.ones(win) / win, mode="same") if win > 1 else v,
-                label=name, linewidth=1.5)
+        box = np.ones(max(1, len(v) // 50))
+        if len(v):
+            v = np.convolve(v, box, mode="same") / np.convolve(np.ones_like(v), box, mode="same")
+        ax.plot(steps, v, label=name, linewidth=1.5)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)

@@ -38,6 +38,17 @@ def test_plot_curves_draws_each_series_where_its_values_are(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file
 
 
+def test_smoothing_keeps_a_flat_curve_flat_to_its_ends(tmp_path):
+    steps = np.arange(500)  # a moving average over 10 points
+    path = plot_curves(steps, {"d_loss": np.ones(500), "g_loss": np.zeros(500)}, tmp_path / "c.png")
+    img = np.asarray(Image.open(path))
+    # the legend's sample lines on the right left out
+    flat, zero = (p[p[:, 1] < 0.8 * img.shape[1]] for p in (pixels_of(img, BLUE), pixels_of(img, ORANGE)))
+    assert flat[:, 1].max() - flat[:, 1].min() > 0.6 * img.shape[1]  # across the chart
+    assert flat[:, 0].max() - flat[:, 0].min() <= 3  # one height, also at both ends
+    assert zero[:, 0].min() - flat[:, 0].max() > 100
+
+
 def test_loss_log_writes_csv_and_png(tmp_path):
     log = LossLog(tmp_path / "run" / "losses.csv")
     for step in range(1, 31):
