@@ -169,8 +169,12 @@ class Config:
         return self.resolved_data_dir() / "embeddings.pickle"
 
     def resolved_wandb_mode(self) -> str:
+        """--wandb, else WANDB_MODE, else online with WANDB_API_KEY and offline without."""
         if self.wandb_mode:
             return self.wandb_mode
+        env = os.environ.get("WANDB_MODE", "").strip().lower()
+        if env:  # wandb's old names included; a wrong value reaches wandb, which says so
+            return {"dryrun": "offline", "run": "online"}.get(env, env)
         return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
     def validate(self) -> "Config":

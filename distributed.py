@@ -36,14 +36,6 @@ def is_dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def get_rank() -> int:
-    return dist.get_rank() if is_dist() else 0
-
-
-def get_world_size() -> int:
-    return dist.get_world_size() if is_dist() else 1
-
-
 def barrier():
     if is_dist():
         dist.barrier()
@@ -55,7 +47,7 @@ def all_mean(t: torch.Tensor) -> torch.Tensor:
         return t
     t = t.clone()
     dist.all_reduce(t)
-    return t / get_world_size()
+    return t / dist.get_world_size()
 
 
 def any_flag(flag: bool, device) -> bool:

@@ -409,6 +409,7 @@ class Snapshots:
         with autocast(device, self.bf16):
             write_snapshot(nets.raw_G if netG_ema is None else netG_ema, self.data, self.rows,
                            self.noise, self.out / "samples" / f"{tag}.png", cfg.stage)
+        self.log.log_image(step, self.out / "samples" / f"{tag}.png")
         self.log.flush()
 
 

@@ -334,19 +334,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def tile(images: torch.Tensor, nrow: int, pad: int = 2, fill: int = 255) -> np.ndarray:
-    """Tile (N,3,H,W) images into one (rows*H, nrow*W, 3) uint8 array."""
-    x = torch.from_numpy(to_uint8(images))
-    n, h, w, _ = x.shape
-    rows = (n + nrow - 1) // nrow
-    canvas = torch.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, 3), fill, dtype=torch.uint8)
-    for i in range(n):
-        r, c = divmod(i, nrow)
-        y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
-        canvas[y0:y0 + h, x0:x0 + w] = x[i]
-    return canvas.numpy()
-
-
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -354,41 +341,29 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def save_grid(images: torch.Tensor, path, nrow: int = 8, captions=None, row_labels=None,
-              font_size: int | None = None) -> Path:
-    """Write a PNG grid. `captions`: one per image, printed under it.
-    `row_labels`: one per row, printed in a column to the left (generation grids)."""
+def save_grid(images: torch.Tensor, path, nrow: int = 8, row_labels=None) -> Path:
+    """Write a PNG grid of (N,3,H,W) images in [-1,1], `nrow` per row. `row_labels`: one
+    per row, printed in a column to the left."""
     images = images.detach().float().cpu()
     n, _, h, w = images.shape
-    font_size = font_size or max(11, h // 14)  # readable beside 256 px images too
+    font_size = max(11, h // 14)  # readable beside 256 px images too
     pad = 2
-    cell_w = w + pad
+    cell_w, cell_h = w + pad, h + pad
     font = _font(font_size)
     line_h = font_size + 3
-    if captions is not None:
-        chars = max(8, int(w / (font_size * 0.55)))
-        wrapped = [textwrap.wrap(c, chars)[:4] for c in captions]
-        band = line_h * max((len(t) for t in wrapped), default=0) + pad
-    else:
-        wrapped, band = None, 0
     label_w = 0
     if row_labels is not None:
         label_w = 200 * font_size // 11
         lab_chars = int(label_w / (font_size * 0.55))
         row_wrapped = [textwrap.wrap(t, lab_chars)[: max(1, h // line_h)] for t in row_labels]
     rows = (n + nrow - 1) // nrow
-    cell_h = h + band + pad
     canvas = Image.new("RGB", (label_w + nrow * cell_w + pad, rows * cell_h + pad), "white")
     pix = to_uint8(images)
-    draw = ImageDraw.Draw(canvas)
     for i in range(n):
         r, c = divmod(i, nrow)
-        x0, y0 = label_w + pad + c * cell_w, pad + r * cell_h
-        canvas.paste(Image.fromarray(pix[i]), (x0, y0))
-        if wrapped is not None:
-            for k, line in enumerate(wrapped[i]):
-                draw.text((x0, y0 + h + 1 + k * line_h), line, fill=(0, 0, 0), font=font)
+        canvas.paste(Image.fromarray(pix[i]), (label_w + pad + c * cell_w, pad + r * cell_h))
     if row_labels is not None:
+        draw = ImageDraw.Draw(canvas)
         for r, lines in enumerate(row_wrapped[:rows]):
             for k, line in enumerate(lines):
                 draw.text((pad, pad + r * cell_h + k * line_h), line, fill=(0, 0, 0), font=font)
@@ -592,6 +567,13 @@ class LossLog:
         if self.run is not None:
             self.run.log(values, step=step)
 
+    def log_image(self, step: int, path, key: str = "samples"):
+        """Log the image file at `path` (a snapshot's sample grid) to WandB under `key`, at
+        `step`; nothing without a run (the grid stays in the samples folder)."""
+        if self.run is not None:
+            import wandb  # installed: a run exists
+            self.run.log({key: wandb.Image(str(path))}, step=step)
+
     def flush(self):
         if not self.rows:
             return
@@ -605,62 +587,54 @@ class LossLog:
 
 
 def plot_curves(steps, series: dict, path, size=(900, 480)):
-    """A plain line chart drawn with Pillow (moving-average smoothed)."""
-    W, H = size
-    left, right, top, bottom = 60, 150, 30, 40
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    font = _font(12)
-    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+    """Write a line chart of `series` ({name: values per step}) against `steps` as a PNG
+    of `size` pixels; each curve is smoothed by a moving average over 1/50 of its points
+    (over the points there are, at its ends)."""
+    # matplotlib is imported here, not at the top: only training draws plots, and its
+    # import would add a third of a second to every start of generation and the page
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dpi = 100
+    fig = Figure(figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     steps = np.asarray(steps, dtype=float)
-    smooth = {}
-    for k, v in series.items():
+    for name, v in series.items():
         v = np.asarray(v, dtype=float)
-        win = max(1, len(v) // 50)
-        smooth[k] = np.convolve(v, np.ones(win) / win, mode="same") if win > 1 else v
-    vals = np.concatenate([s[np.isfinite(s)] for s in smooth.values()] or [np.zeros(1)])
-    lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
-    if hi - lo < 1e-9:
-        hi = lo + 1.0
-    x0, x1 = float(steps.min()), float(steps.max()) if steps.size else 1.0
-    if x1 - x0 < 1e-9:
-        x1 = x0 + 1.0
-
-    def px(x, y):
-        return (left + (x - x0) / (x1 - x0) * (W - left - right),
-                top + (1 - (y - lo) / (hi - lo)) * (H - top - bottom))
-
-    d.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
-    for t in range(5):
-        y = lo + (hi - lo) * t / 4
-        _, py = px(x0, y)
-        d.line([(left - 4, py), (left, py)], fill=(0, 0, 0))
-        d.text((4, py - 6), f"{y:.3g}", fill=(0, 0, 0), font=font)
-    d.text((left, H - bottom + 8), f"step {int(x0)}", fill=(0, 0, 0), font=font)
-    d.text((W - right - 70, H - bottom + 8), f"step {int(x1)}", fill=(0, 0, 0), font=font)
-    for i, (k, s) in enumerate(smooth.items()):
-        col = colors[i % len(colors)]
-        pts = [px(x, y) for x, y in zip(steps, s) if np.isfinite(y)]
-        if len(pts) > 1:
-            d.line(pts, fill=col, width=2)
-        d.line([(W - right + 10, top + 10 + 18 * i), (W - right + 30, top + 10 + 18 * i)], fill=col, width=3)
-        d.text((W - right + 36, top + 3 + 18 * i), k, fill=(0, 0, 0), font=font)
+        box = np.ones(max(1, len(v) // 50))
+        if len(v):
+            v = np.convolve(v, box, mode="same") / np.convolve(np.ones_like(v), box, mode="same")
+        ax.plot(steps, v, label=name, linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
     path = Path(path)
-    _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
     return path
 
 
 def init_wandb(cfg: Config, job_type: str, run_dir, run_id=None):
     """A WandB run, or None when disabled or wandb cannot start (the CSV log still works).
-    With run_id (from a checkpoint) a resumed training continues the same WandB run."""
+    With run_id (from a checkpoint) a resumed training continues the same WandB run.
+
+    WandB's own variables apply as usual, below the flags: the mode is --wandb, else
+    WANDB_MODE, else online with WANDB_API_KEY and offline without; the project is
+    --wandb_project, else WANDB_PROJECT, else fashion-stackgan (so a flag that names
+    the default reads as no flag); the run's files go under WANDB_DIR, else `run_dir`."""
     mode = cfg.resolved_wandb_mode()
     if mode == "disabled":
         return None
+    project = cfg.wandb_project
+    if project == Config.wandb_project:
+        project = os.environ.get("WANDB_PROJECT") or project
     try:
         import wandb
-        return wandb.init(project=cfg.wandb_project, mode=mode, config=cfg.to_dict(),
-                          job_type=job_type, dir=str(run_dir), reinit="finish_previous",
-                          id=run_id, resume="allow" if run_id else None)
+        return wandb.init(project=project, mode=mode, config=cfg.to_dict(), job_type=job_type,
+                          dir=os.environ.get("WANDB_DIR") or str(run_dir),
+                          reinit="finish_previous", id=run_id, resume="allow" if run_id else None)
     except Exception as e:
         print(f"wandb could not start ({first_line(e)}); logging to CSV only")
         return None

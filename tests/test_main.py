@@ -28,7 +28,7 @@ def test_stage1_stage2_then_generation(dfmm, tmp_path, capsys):
     assert grid.width > 16 * 5 and grid.height >= 16 * 5  # one row per kind at least
     log = pd.read_csv(s1 / "losses.csv")
     assert {"step", "d_loss", "g_loss", "kl", "lr_g"} <= set(log.columns) and len(log) > 0
-    assert (s1 / "losses.png").is_file()
+    assert Image.open(s1 / "losses.png").size == (900, 480)  # the loss curves beside the CSV
     state = load_checkpoint(s1 / "last.pt")
     assert state["epoch"] == 2 and state["config"]["stage"] == 1
     # LR halves every lr_decay_epoch (1 here): after two epochs it is a quarter

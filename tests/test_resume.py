@@ -11,8 +11,10 @@ import torch
 import torch.multiprocessing as mp
 
 import main
+from config import Config
 from conftest import ROOT, tiny_args
-from utils import load_checkpoint
+from model import build_models
+from utils import load_checkpoint, set_seed
 
 STATE_KEYS = ("netG", "netD", "netG_ema")
 
@@ -159,8 +161,12 @@ def test_ddp_two_processes_end_with_identical_weights(dfmm, tmp_path):
     for key in ("netG", "netD"):
         for k in w0[key]:
             assert torch.equal(w0[key][k], w1[key][k]), f"{key}.{k} differs across ranks"
-    # and they moved away from the initial weights
-    init = load_checkpoint(tmp_path / "warm" / "stage1" / "last.pt")
-    assert (tmp_path / "o" / "stage1" / "last.pt").is_file()  # rank 0 wrote the checkpoint
-    assert any(not torch.equal(w0["netG"][k], init["netG"][k]) for k in w0["netG"]
-               if w0["netG"][k].is_floating_point())
+    # rank 0 wrote the checkpoint, with the weights both ranks ended with
+    saved = load_checkpoint(tmp_path / "o" / "stage1" / "last.pt")
+    assert saved["step"] == w0["step"]
+    assert all(torch.equal(saved["netG"][k], v) for k, v in w0["netG"].items())
+    # and they moved away from the initial weights (training seeds them before building)
+    set_seed(saved["config"]["seed"])
+    init_G, _ = build_models(Config.from_dict(saved["config"]))
+    assert init_G.state_dict().keys() == w0["netG"].keys()
+    assert any(not torch.equal(w0["netG"][k], p) for k, p in init_G.named_parameters())
