@@ -787,7 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_threads", type=flag_type(FIELD_RULES["num_threads"]), default=0,
                    help="CPU threads for torch (0: torch's default; 1 is faster on a busy CPU)")
     p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
-                   default=None, help="WandB mode (default: offline unless WANDB_API_KEY is set)")
+                   default=None,
+                   help="WandB mode (default: WANDB_MODE, else offline unless WANDB_API_KEY is set)")
     return p
 
 

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue training from a checkpoint (auto: OUT_DIR/stage<N>/last.pt)")
     p.add_argument("--debug", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
-                   default=None, help="WandB mode (default: offline unless WANDB_API_KEY is set)")
+                   default=None,
+                   help="WandB mode (default: WANDB_MODE, else offline unless WANDB_API_KEY is set)")
     given = {a.dest for a in p._actions}
     for f in dataclasses.fields(Config):
         if f.name in given or f.type not in ("int", "float", "str", "bool", "Optional[str]"):
