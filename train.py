@@ -27,9 +27,9 @@ from model import Stage1_G, build_models
 from sample import load_generator
 from synthetic import ensure_synthetic
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
-                   discriminator_loss, first_line, generator_loss, init_wandb, load_checkpoint,
-                   requires_grad, resolve_device, save_checkpoint, save_grid, set_seed,
-                   standing_stats, use_bf16)
+                   copy_file, discriminator_loss, first_line, generator_loss, init_wandb,
+                   load_checkpoint, requires_grad, resolve_device, save_checkpoint, save_grid,
+                   set_seed, standing_stats, use_bf16)
 
 MIN_BATCH = FIELD_RULES["batch_size"].lo  # BatchNorm needs two images to train on
 
@@ -328,6 +328,10 @@ def build_training(cfg: Config, stage1_g, state, resume_path, device, rank: int,
     schedG = torch.optim.lr_scheduler.StepLR(optG, cfg.lr_decay_epoch, gamma=0.5)
     schedD = torch.optim.lr_scheduler.StepLR(optD, cfg.lr_decay_epoch, gamma=0.5)
     torch.manual_seed(cfg.seed + rank)  # noise and condition samples differ per rank
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    for m in (netG, netD, netG_ema):  # on the device before any state is restored, so
+        if m is not None:             # that the optimizers place their state as torch does
+            m.to(device, memory_format=fmt)
     start = (0, 0, 0)
     if state is not None:
         modules = {"netG": netG, "netD": netD, "optG": optG, "optD": optD, "schedG": schedG,
@@ -335,15 +339,6 @@ def build_training(cfg: Config, stage1_g, state, resume_path, device, rank: int,
         restore_training(state, modules, netG_ema, resume_path)
         start = (state["epoch"], state.get("batch", 0), state["step"])
         print(f"resumed from {resume_path} at epoch {start[0] + 1}, step {start[2]}")
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    for m in (netG, netD, netG_ema):
-        if m is not None:
-            m.to(device, memory_format=fmt)
-    for opt in (optG, optD):  # optimizer state follows the parameters' (fused Adam: its step too)
-        for st in opt.state.values():
-            for k, v in st.items():
-                if torch.is_tensor(v):
-                    st[k] = v.to(device)
     netG.train()
     netD.train()
     nets = wrap(netG, netD, netG_ema, optG, optD, cfg.compile, world, device)
@@ -403,8 +398,8 @@ class Snapshots:
                 "epoch": epoch, "batch": batch, "step": step, "rng": rng_state(rng),
                 "config": cfg.to_dict(), "wandb_id": self.run.id if self.run is not None else None,
                 "stage1_config": self.stage1_cfg.to_dict() if self.stage1_cfg else None}
-        save_checkpoint(ckpt, self.out / "checkpoints" / f"{tag}.pt")
-        save_checkpoint(ckpt, self.last)
+        tagged = save_checkpoint(ckpt, self.out / "checkpoints" / f"{tag}.pt")
+        copy_file(tagged, self.last)  # the same bytes: serialised and hashed once
         device = self.noise.device
         with autocast(device, self.bf16):
             write_snapshot(nets.raw_G if netG_ema is None else netG_ema, self.data, self.rows,

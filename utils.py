@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -400,6 +401,14 @@ def _atomic_write(path: Path, write):
         if isinstance(e, OSError) and not isinstance(e, WriteError):
             raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def copy_file(src, dst) -> Path:
+    """Copy the file `src` to `dst` atomically (as _atomic_write writes)."""
+    dst = Path(dst)
+    with open(src, "rb") as f:
+        _atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
+    return dst
 
 
 # the entries of a training checkpoint; a generator needs the first two (and
