@@ -64,6 +64,7 @@ KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt",
                 "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
                 "footwear": "shoes"}
 CACHE_VERSION = 3  # 3: photos with an EXIF orientation are cached upright
+BAD_CAPTION = "empty or non-text caption"  # the skip count of captions.json's unusable entries
 
 
 # ---------------------------------------------------------------------------- reading
@@ -341,7 +342,8 @@ def file_stamp(path: Path):
 
 
 def list_jobs(data_dir, cfg: Config):
-    """Which images to decode and why. Returns (jobs, skipped counter)."""
+    """Which images to decode and why. Returns (jobs, skipped counter, captions.json as
+    read)."""
     data_dir = Path(data_dir)
     captions, bad_captions = read_captions(data_dir)
     img_dir = data_dir / "images"
@@ -353,7 +355,7 @@ def list_jobs(data_dir, cfg: Config):
     texture = read_texture_labels(data_dir)
     skipped = Counter()
     if bad_captions:
-        skipped["empty or non-text caption"] += bad_captions
+        skipped[BAD_CAPTION] += bad_captions
     jobs = []
     for name in sorted(captions):
         if name not in present:

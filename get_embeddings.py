@@ -209,11 +209,11 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                      text_model=args.text_model).validate()
-        captions, bad = datasets.read_captions(args.data_dir)
         # the training captions are derived per garment sample (datasets.derive_captions),
         # which reads the images: build (or reuse) the 64 px cache that holds them
         index = datasets.prepare(cfg, 64)
-        texts = datasets.caption_texts(index)
+        captions, texts = index["caption_file"], datasets.caption_texts(index)
+        bad = index["skipped"].get(datasets.BAD_CAPTION, 0)
         out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
         cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
         print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment "
