@@ -246,7 +246,7 @@ class Rule:
             return "expected one of " + ", ".join(map(str, self.choices))
         if self.lo is not None or self.hi is not None:
             if self.pow2 and (value < 1 or value & (value - 1)):
-                return f"must be a power of two from {self.lo} to {self.hi}"
+                return "must be " + self.range_text()
             too_high = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
             if (self.lo is not None and value < self.lo) or too_high:
                 return "must be " + self.range_text()
