@@ -312,6 +312,8 @@ def _device_problem(value: str) -> Optional[str]:
 
 
 def _wandb_project_problem(value: str) -> Optional[str]:
+    if "\x00" in value:
+        return "must not hold a NUL character"
     bad = [c for c in "/\\#?%:" if c in value]
     if bad or not value.strip() or len(value) > 128:
         return "must be 1 to 128 characters without / \\ # ? % :"
