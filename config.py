@@ -5,7 +5,8 @@ z 100, condition 128, Adam(2e-4, betas 0.5/0.999), LR halved every 20 epochs,
 KL coefficient 2.0. Additions are on by default where the evaluation supports them:
 an EMA generator (ema_decay 0.999, warmed up) draws the samples, and the text reaches
 the picture through D's own reading of the sentence (d_cond "text"), text-conditioned
-BatchNorm in every G block (g_fusion "affine"), attribute heads in D (aux_coef 1) and
+BatchNorm in every G block, set by the sentence embedding itself rather than by the
+noisy CA sample (g_fusion "affine_text"), attribute heads in D (aux_coef 1) and
 "wrong" pairs that differ in kind, colour or pattern. `--ema_decay 0 --d_cond mu
 --g_fusion input --aux_coef 0 --wrong_same_kind 0` restores the original. Every
 field can be set from the command line in main.py (`--name value`), so there is no YAML
@@ -113,7 +114,9 @@ class Config:
     df_dim: int = 64
     r_num: int = 2  # residual blocks in Stage-II G
     # text conditioning (the StackGAN originals: g_fusion "input", d_cond "mu")
-    g_fusion: str = "affine"  # input: text joins the noise at 4x4 | affine: and sets every up block's BN
+    # input: text joins the noise at 4x4 | affine: and the CA sample c sets every up block's
+    # BN scale and shift | affine_text: the sentence embedding itself sets them (no CA noise)
+    g_fusion: str = "affine_text"
     d_cond: str = "text"  # text: D projects the sentence embedding itself | mu: D gets G's CA mean
     # training
     batch_size: int = 64
@@ -348,7 +351,8 @@ FIELD_RULES = {
     "stage": one_of(1, 2), "stage1_size": power_of_two(8, 1024),
     "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
-    "r_num": whole(0, 64), "g_fusion": one_of("input", "affine"), "d_cond": one_of("text", "mu"),
+    "r_num": whole(0, 64), "g_fusion": one_of("input", "affine", "affine_text"),
+    "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
     "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself
     "beta1": number(0, 1, hi_open=True), "beta2": number(0, 1, hi_open=True),

@@ -1,8 +1,9 @@
 """StackGAN networks: conditioning augmentation, Stage-I and Stage-II G and D.
 
 Stage I draws a coarse image of `stage1_size` from (text embedding, noise); with
-g_fusion "affine" the text condition also sets the BatchNorm scale and shift of every
-upsampling block of both stages, as DF-GAN fuses text into each block.
+g_fusion "affine_text" the sentence embedding also sets the BatchNorm scale and shift
+of every upsampling block of both stages, as DF-GAN fuses text into each block ("affine":
+the conditioning-augmentation sample c sets them, noise and all).
 Stage II keeps a frozen Stage-I generator, encodes its image down to a quarter
 of its size, joins the text condition, refines it with residual blocks and
 upsamples to `stage2_size`. Both discriminators are matching-aware: they score
@@ -80,12 +81,20 @@ class CondUpBlock(nn.Module):
         return F.relu(h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None])
 
 
+FUSIONS = ("input", "affine", "affine_text")
+
+
+def fusion_dim(cfg: Config) -> int:
+    """Width of what sets the up blocks' BN: the CA sample c, or the sentence embedding."""
+    return cfg.text_dim if cfg.g_fusion == "affine_text" else cfg.condition_dim
+
+
 def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
     """The upsampling blocks of a generator: plain (StackGAN, fusion "input") or
-    text-conditioned (fusion "affine")."""
-    if fusion not in ("input", "affine"):
-        raise ValueError(f"g_fusion must be input or affine, got {fusion!r}")
-    if fusion == "affine":
+    text-conditioned (fusion "affine" or "affine_text"; `c_dim` is fusion_dim's)."""
+    if fusion not in FUSIONS:
+        raise ValueError(f"g_fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    if fusion != "input":
         return nn.ModuleList(CondUpBlock(chans[i], chans[i + 1], c_dim) for i in range(len(chans) - 1))
     return nn.ModuleList(up_block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
 
@@ -140,14 +149,15 @@ class Stage1_G(nn.Module):
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 16, bias=False),
                                 nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         chans = [ngf] + [max(ngf >> (i + 1), 8) for i in range(n_up)]
-        self.ups = make_ups(chans, cfg.condition_dim, cfg.g_fusion)
+        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
+        self.fuse_text = cfg.g_fusion == "affine_text"
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
         self.ngf = ngf
 
     def forward(self, text_emb, z):
         c, mu, logvar = self.ca_net(text_emb)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
-        return self.to_img(run_ups(self.ups, h, c)), mu, logvar
+        return self.to_img(run_ups(self.ups, h, text_emb if self.fuse_text else c)), mu, logvar
 
 
 class Stage2_G(nn.Module):
@@ -173,7 +183,8 @@ class Stage2_G(nn.Module):
         if n_up < 1:
             raise ValueError("stage2_size must be larger than stage1_size")
         chans = [ngf * 4] + [max((ngf * 4) >> (i + 1), 8) for i in range(n_up)]
-        self.ups = make_ups(chans, cfg.condition_dim, cfg.g_fusion)
+        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
+        self.fuse_text = cfg.g_fusion == "affine_text"
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
 
     def train(self, mode: bool = True):
@@ -188,7 +199,7 @@ class Stage2_G(nn.Module):
         h = self.encoder(low)
         c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))
         h = self.residual(self.joint(torch.cat([h, c_map], 1)))
-        img = self.to_img(run_ups(self.ups, h, c))
+        img = self.to_img(run_ups(self.ups, h, text_emb if self.fuse_text else c))
         if return_stage1:
             return img, mu, logvar, low
         return img, mu, logvar

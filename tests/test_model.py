@@ -155,17 +155,21 @@ def test_standing_stats_leave_the_frozen_stage1_alone():
 
 
 def test_text_conditioning_switches():
-    """g_fusion affine: the text reaches every up block (the output changes with the text
-    even when the 4x4 input is fixed); d_cond mu: D reads a condition-sized vector."""
-    cfg = tiny(stage1_size=16)
-    g = Stage1_G(cfg).eval()
-    assert all(isinstance(b, CondUpBlock) for b in g.ups)
-    h = torch.randn(2, g.ngf, 4, 4)
-    c1, c2 = torch.randn(2, cfg.condition_dim), torch.randn(2, cfg.condition_dim)
-    with torch.no_grad():
-        for b in g.ups:  # make the text's effect visible at init
-            b.affine.weight.normal_(0, 1)
-        assert not torch.allclose(run_ups(g.ups, h, c1), run_ups(g.ups, h, c2))
+    """g_fusion affine_text / affine: the text reaches every up block (the output changes
+    with the text even when the 4x4 input is fixed); affine_text feeds those blocks the
+    sentence embedding itself (next test);
+    d_cond mu: D reads a condition-sized vector."""
+    for fusion, width in (("affine_text", "text_dim"), ("affine", "condition_dim")):
+        cfg = tiny(stage1_size=16, g_fusion=fusion)
+        g = Stage1_G(cfg).eval()
+        assert all(isinstance(b, CondUpBlock) for b in g.ups)
+        assert all(b.affine.in_features == getattr(cfg, width) for b in g.ups)
+        h = torch.randn(2, g.ngf, 4, 4)
+        c1, c2 = torch.randn(2, getattr(cfg, width)), torch.randn(2, getattr(cfg, width))
+        with torch.no_grad():
+            for b in g.ups:  # make the text's effect visible at init
+                b.affine.weight.normal_(0, 1)
+            assert not torch.allclose(run_ups(g.ups, h, c1), run_ups(g.ups, h, c2))
     plain = Stage1_G(tiny(stage1_size=16, g_fusion="input"))
     assert not any(isinstance(b, CondUpBlock) for b in plain.ups)
     d = Stage1_D(tiny(stage1_size=16, d_cond="mu", aux_coef=0.0))
@@ -174,6 +178,27 @@ def test_text_conditioning_switches():
     assert cond.shape == (2,) and aux is None
     with pytest.raises(ValueError, match="g_fusion"):
         Stage1_G(tiny(g_fusion="both"))
+
+
+def test_affine_text_blocks_read_the_sentence_not_the_ca_sample():
+    """With g_fusion affine_text the up blocks get the sentence embedding: replacing the
+    CA sample's noise changes only the 4x4 input, so with the 4x4 path cut (fc weights 0)
+    two different noise draws give the same picture; with "affine" they differ."""
+    outs = {}
+    for fusion in ("affine_text", "affine"):
+        torch.manual_seed(0)
+        g = Stage1_G(tiny(stage1_size=16, g_fusion=fusion)).eval()
+        with torch.no_grad():
+            g.fc[0].weight.zero_()
+            for b in g.ups:
+                b.affine.weight.normal_(0, 1)
+            text, z = torch.randn(2, g.ca_net.fc.in_features), torch.randn(2, g.z_dim)
+            torch.manual_seed(1)
+            a = g(text, z)[0]
+            torch.manual_seed(2)
+            b_ = g(text, z)[0]
+        outs[fusion] = torch.allclose(a, b_)
+    assert outs == {"affine_text": True, "affine": False}
 
 
 def test_ema_decay_warms_up():
