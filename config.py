@@ -8,7 +8,7 @@ the picture through D's own reading of the sentence (d_cond "text"), text-condit
 BatchNorm in every G block, set by the sentence embedding itself rather than by the
 noisy CA sample (g_fusion "affine_text"), attribute heads in D (aux_coef 1) and
 "wrong" pairs that differ in kind, colour or pattern. `--ema_decay 0 --d_cond mu
---g_fusion input --aux_coef 0 --wrong_same_kind 0` restores the original. Every
+--g_fusion input --aux_coef 0` restores the original. Every
 field can be set from the command line in main.py (`--name value`), so there is no YAML
 and no second source of truth.
 """
@@ -98,9 +98,10 @@ class Config:
     min_region_frac: float = 0.002  # a segm region smaller than this share of the image is ignored
     crop_margin: float = 0.08  # margin around a segm region crop, as a share of its size
     max_samples: int = 0  # 0: all
-    # "wrong" pairs differ from the real image in kind, colour or pattern; this share of them
-    # is drawn from the real image's own kind (a dress of another colour or pattern)
-    wrong_same_kind: float = 0.25
+    # "wrong" pairs differ from the real image in kind, colour or pattern, drawn uniformly from
+    # all such samples; this extra share of them is drawn from the real image's own kind only
+    # (a dress of another colour or pattern)
+    wrong_same_kind: float = 0.0
     # text
     text_model: str = "all-MiniLM-L6-v2"
     text_dim: int = 384
