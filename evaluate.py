@@ -46,10 +46,13 @@ Metrics, each for the generated images and, as the reference, for real images:
   same cached feature net), and at the same sample sizes (FD is biased upward for
   small sets).
 * R-precision@K analogue: see `r_precision` (kind, colour and pattern).
+* variety: the mean RMS pixel distance between images drawn for one caption with
+  different noise, beside that between real photos of one kind, colour and pattern
+  (see `variety`); a generator that ignores its noise scores near 0.
 
 Outputs under OUT_DIR/eval/: results.csv, a tidy table with the columns
 `metric,set,kind,value,n` (metric: kind_accuracy | colour_accuracy |
-pattern_accuracy | fd_garment | r_precision; set: real_heldout | generated |
+pattern_accuracy | fd_garment | r_precision | variety; set: real_heldout | generated |
 generated_short | real_heldout_half (the FD floor); kind: a kind or "all"; n: images
 behind the value; a per-kind accuracy with n = 0, e.g. the pattern of a kind whose
 samples name none, is written as nan), and generated.png (up to 20 of the evaluated
@@ -512,6 +515,9 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     fd_floor, fd_gen = fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present,
                                   kinds_all, ecfg.seed, device, progress)
 
+    var_gen, var_real, n_var = variety(netG, data, held_idx, targets, present, ecfg.seed,
+                                       device)
+
     # accuracies: (attribute, set, kind name or "all") -> (value, n)
     acc = accuracies({"real": (r_logp, r_t), "generated": (g_logp, g_t),
                       "short": (s_logp, s_t)}, present)
@@ -526,7 +532,11 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
                                        len(fd_b)),
                                       ("r_precision", "real_heldout", "all", rp_real,
                                        len(held_idx)),
-                                      ("r_precision", "generated", "all", rp_gen, len(sel))])
+                                      ("r_precision", "generated", "all", rp_gen, len(sel)),
+                                      ("variety", "real_heldout", "all", var_real,
+                                       len(held_idx)),
+                                      ("variety", "generated", "all", var_gen,
+                                       n_var * VARIETY_DRAWS)])
     metrics = metrics_from_rows(rows)
     metrics.update({
         "k": k, "candidates_real": k_real, "candidates_generated": k_gen,
@@ -640,6 +650,43 @@ def fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present, kinds_
     return frechet_distance(feat_a, feat_b), frechet_distance(fd_feat, feat_b)
 
 
+VARIETY_PROMPTS = 8  # held-out captions per kind whose images are compared
+VARIETY_DRAWS = 8  # images per caption
+
+
+def mean_pairwise_rms(groups) -> float:
+    """Mean RMS pixel distance (images in [-1, 1], measured on the [0, 1] scale) over all
+    pairs inside each group of images (G, 3, S, S); groups of one image are skipped."""
+    dists = []
+    for g in groups:
+        if len(g) < 2:
+            continue
+        x = ((g.float() + 1) / 2).flatten(1)
+        d = torch.cdist(x, x) / x.shape[1] ** 0.5
+        iu = torch.triu_indices(len(g), len(g), 1)
+        dists.append(d[iu[0], iu[1]])
+    return torch.cat(dists).mean().item() if dists else float("nan")
+
+
+def variety(netG, data, held_idx, targets, present, seed: int, device) -> tuple[float, float, int]:
+    """(generated, real, number of captions): within-prompt variety, the mean RMS pixel
+    distance between two of VARIETY_DRAWS images drawn for one held-out caption (its first,
+    long one), over VARIETY_PROMPTS captions per kind; beside it the same distance between
+    real held-out photos of one kind, colour and pattern (what one caption may mean)."""
+    groups, n = [], 0
+    for kd in present:
+        part = torch.as_tensor(held_idx[targets[0][held_idx] == kd][:VARIETY_PROMPTS])
+        img = to_feat_size(sample.sample_images(netG, data.emb[part].to(device), VARIETY_DRAWS,
+                                                _noise_seed(seed, kd, 2)))
+        groups += list(img.view(len(part), VARIETY_DRAWS, *img.shape[1:]))
+        n += len(part)
+    attrs = np.stack([t[held_idx] for t in targets], 1)
+    _, group_of = np.unique(attrs, axis=0, return_inverse=True)
+    real = [data.pixels(held_idx[group_of.ravel() == g][:VARIETY_DRAWS])
+            for g in range(group_of.max() + 1)]
+    return mean_pairwise_rms(groups), mean_pairwise_rms(real), n
+
+
 def accuracies(sets: dict, present) -> dict:
     """{(attribute, set, kind name or "all"): (value, n)} from {set: (log-probabilities
     per attribute, targets per attribute)}."""
@@ -670,7 +717,9 @@ SET_KEY = {set_name: s for s, set_name in SETS}  # results.csv set -> metrics ke
 SCALAR_KEYS = {("fd_garment", "generated"): "fd_garment",
                ("fd_garment", "real_heldout_half"): "fd_garment_floor",
                ("r_precision", "real_heldout"): "r_precision_real",
-               ("r_precision", "generated"): "r_precision_generated"}
+               ("r_precision", "generated"): "r_precision_generated",
+               ("variety", "real_heldout"): "variety_real",
+               ("variety", "generated"): "variety_generated"}
 
 
 def metrics_from_rows(rows) -> dict:
@@ -757,6 +806,9 @@ def print_table(m: dict):
           f"{_fmt(m['candidates_generated'], 1)} candidates per generated image, ties count as "
           f"misses; short prompts: the same samples' short captions, e.g. \"a red floral "
           f"dress\")")
+    print(f"variety: {_fmt(m['variety_generated'])} between {VARIETY_DRAWS} images of one held-out "
+          f"caption, {_fmt(m['variety_real'])} between real held-out photos of one kind, colour "
+          f"and pattern (mean RMS pixel distance, 0-1 scale)")
 
 
 

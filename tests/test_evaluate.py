@@ -302,8 +302,11 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
     expected = {(f"{a}_accuracy", s, kd) for a in ("kind", "colour", "pattern") for s in sets
                 for kd in ("all",) + KINDS}
     expected |= {("fd_garment", "generated", "all"), ("fd_garment", "real_heldout_half", "all"),
-                 ("r_precision", "real_heldout", "all"), ("r_precision", "generated", "all")}
+                 ("r_precision", "real_heldout", "all"), ("r_precision", "generated", "all"),
+                 ("variety", "real_heldout", "all"), ("variety", "generated", "all")}
     assert rows == expected and len(df) == len(expected)
+    assert "variety:" in printed
+    assert 0 < m["variety_generated"] < 1 and 0 < m["variety_real"] < 1
     val = df.set_index(["metric", "set", "kind"])["value"].astype(float)
     n = df.set_index(["metric", "set", "kind"])["n"]
     for key in val.index:
@@ -349,8 +352,14 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
         for e_long, e_short in zip(long_emb, short_emb):
             i = int(torch.nonzero((data.emb == e_long).all(1))[0])
             assert torch.equal(e_short, short_rows[i]) and not torch.equal(e_short, e_long)
-    fd_calls = calls[2 * len(KINDS):]
+    fd_calls = calls[2 * len(KINDS):2 * len(KINDS) + len(m["fd_kinds"])]
     assert torch.equal(torch.cat([e for e, _ in fd_calls]), data.emb[torch.as_tensor(a_half)])
+    # variety: then, per kind, up to VARIETY_PROMPTS held-out long captions of that kind
+    var_calls = calls[2 * len(KINDS) + len(m["fd_kinds"]):]
+    assert len(var_calls) == len(KINDS)
+    for kd, (emb, _) in zip(KINDS, var_calls):
+        of_kind = [int(i) for i in held if data.kinds[i] == kd][:evaluate.VARIETY_PROMPTS]
+        assert torch.equal(emb, data.emb[torch.as_tensor(of_kind)])
 
     cache = Path(m["featnet"]["path"])
     assert cache.parent == root / "cache" and cache.name.startswith("featnet_")
@@ -372,3 +381,15 @@ def test_missing_checkpoint_exits_2_with_a_clear_message(tmp_path):
     assert res.returncode == 2
     assert "error:" in res.stderr and "does not exist" in res.stderr and str(missing) in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_mean_pairwise_rms_measures_within_group_spread():
+    """Identical images: 0; black against white: 1 (the [0, 1] scale); a lone image is
+    skipped; the mean runs over every pair of every group."""
+    black, white = -torch.ones(3, 4, 4), torch.ones(3, 4, 4)
+    assert evaluate.mean_pairwise_rms([torch.stack([black, black, black])]) == 0
+    assert evaluate.mean_pairwise_rms([torch.stack([black, white])]) == pytest.approx(1)
+    grey = torch.zeros(3, 4, 4)  # 0.5 from either
+    groups = [torch.stack([black, white, grey]), torch.stack([white]), torch.stack([grey, grey])]
+    assert evaluate.mean_pairwise_rms(groups) == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+    assert np.isnan(evaluate.mean_pairwise_rms([torch.stack([white])]))
