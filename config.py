@@ -117,6 +117,7 @@ class Config:
     # text conditioning (the StackGAN originals: g_fusion "input", d_cond "mu")
     # input: text joins the noise at 4x4 | affine: and the CA sample c sets every up block's
     # BN scale and shift | affine_text: the sentence embedding itself sets them (no CA noise)
+    # | affine_text_z: the sentence embedding and the noise z (DF-GAN)
     g_fusion: str = "affine_text"
     d_cond: str = "text"  # text: D projects the sentence embedding itself | mu: D gets G's CA mean
     # training
@@ -352,7 +353,7 @@ FIELD_RULES = {
     "stage": one_of(1, 2), "stage1_size": power_of_two(8, 1024),
     "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
-    "r_num": whole(0, 64), "g_fusion": one_of("input", "affine", "affine_text"),
+    "r_num": whole(0, 64), "g_fusion": one_of("input", "affine", "affine_text", "affine_text_z"),
     "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
     "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself

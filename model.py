@@ -81,12 +81,23 @@ class CondUpBlock(nn.Module):
         return F.relu(h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None])
 
 
-FUSIONS = ("input", "affine", "affine_text")
+FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
 
 
 def fusion_dim(cfg: Config) -> int:
-    """Width of what sets the up blocks' BN: the CA sample c, or the sentence embedding."""
-    return cfg.text_dim if cfg.g_fusion == "affine_text" else cfg.condition_dim
+    """Width of what sets the up blocks' BN: the CA sample c, the sentence embedding, or
+    the sentence embedding with the noise z (DF-GAN's blocks read both)."""
+    return {"affine_text": cfg.text_dim, "affine_text_z": cfg.text_dim + cfg.z_dim}.get(
+        cfg.g_fusion, cfg.condition_dim)
+
+
+def block_cond(fusion: str, text_emb, z, c):
+    """What the up blocks read (see fusion_dim)."""
+    if fusion == "affine_text":
+        return text_emb
+    if fusion == "affine_text_z":
+        return torch.cat([text_emb, z], 1)
+    return c
 
 
 def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
@@ -150,14 +161,14 @@ class Stage1_G(nn.Module):
                                 nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         chans = [ngf] + [max(ngf >> (i + 1), 8) for i in range(n_up)]
         self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
-        self.fuse_text = cfg.g_fusion == "affine_text"
+        self.fusion = cfg.g_fusion
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
         self.ngf = ngf
 
     def forward(self, text_emb, z):
         c, mu, logvar = self.ca_net(text_emb)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
-        return self.to_img(run_ups(self.ups, h, text_emb if self.fuse_text else c)), mu, logvar
+        return self.to_img(run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c))), mu, logvar
 
 
 class Stage2_G(nn.Module):
@@ -184,7 +195,7 @@ class Stage2_G(nn.Module):
             raise ValueError("stage2_size must be larger than stage1_size")
         chans = [ngf * 4] + [max((ngf * 4) >> (i + 1), 8) for i in range(n_up)]
         self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
-        self.fuse_text = cfg.g_fusion == "affine_text"
+        self.fusion = cfg.g_fusion
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
 
     def train(self, mode: bool = True):
@@ -199,7 +210,7 @@ class Stage2_G(nn.Module):
         h = self.encoder(low)
         c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))
         h = self.residual(self.joint(torch.cat([h, c_map], 1)))
-        img = self.to_img(run_ups(self.ups, h, text_emb if self.fuse_text else c))
+        img = self.to_img(run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c)))
         if return_stage1:
             return img, mu, logvar, low
         return img, mu, logvar

@@ -159,13 +159,15 @@ def test_text_conditioning_switches():
     with the text even when the 4x4 input is fixed); affine_text feeds those blocks the
     sentence embedding itself (next test);
     d_cond mu: D reads a condition-sized vector."""
-    for fusion, width in (("affine_text", "text_dim"), ("affine", "condition_dim")):
+    for fusion in ("affine_text", "affine_text_z", "affine"):
         cfg = tiny(stage1_size=16, g_fusion=fusion)
+        width = {"affine_text": cfg.text_dim, "affine_text_z": cfg.text_dim + cfg.z_dim,
+                 "affine": cfg.condition_dim}[fusion]
         g = Stage1_G(cfg).eval()
         assert all(isinstance(b, CondUpBlock) for b in g.ups)
-        assert all(b.affine.in_features == getattr(cfg, width) for b in g.ups)
+        assert all(b.affine.in_features == width for b in g.ups)
         h = torch.randn(2, g.ngf, 4, 4)
-        c1, c2 = torch.randn(2, getattr(cfg, width)), torch.randn(2, getattr(cfg, width))
+        c1, c2 = torch.randn(2, width), torch.randn(2, width)
         with torch.no_grad():
             for b in g.ups:  # make the text's effect visible at init
                 b.affine.weight.normal_(0, 1)
@@ -181,11 +183,12 @@ def test_text_conditioning_switches():
 
 
 def test_affine_text_blocks_read_the_sentence_not_the_ca_sample():
-    """With g_fusion affine_text the up blocks get the sentence embedding: replacing the
-    CA sample's noise changes only the 4x4 input, so with the 4x4 path cut (fc weights 0)
-    two different noise draws give the same picture; with "affine" they differ."""
-    outs = {}
-    for fusion in ("affine_text", "affine"):
+    """With g_fusion affine_text the up blocks get the sentence embedding (affine_text_z:
+    and z): with the 4x4 path cut (fc weights 0), two CA noise draws give the same picture
+    unless the blocks read the CA sample ("affine"), and two z give the same picture
+    unless the blocks read z."""
+    same_eps, same_z = {}, {}
+    for fusion in ("affine_text", "affine_text_z", "affine"):
         torch.manual_seed(0)
         g = Stage1_G(tiny(stage1_size=16, g_fusion=fusion)).eval()
         with torch.no_grad():
@@ -197,8 +200,12 @@ def test_affine_text_blocks_read_the_sentence_not_the_ca_sample():
             a = g(text, z)[0]
             torch.manual_seed(2)
             b_ = g(text, z)[0]
-        outs[fusion] = torch.allclose(a, b_)
-    assert outs == {"affine_text": True, "affine": False}
+            torch.manual_seed(1)
+            other_z = g(text, torch.randn(2, g.z_dim))[0]
+        same_eps[fusion] = torch.allclose(a, b_)
+        same_z[fusion] = torch.allclose(a, other_z)
+    assert same_eps == {"affine_text": True, "affine_text_z": True, "affine": False}
+    assert same_z == {"affine_text": True, "affine_text_z": False, "affine": False}
 
 
 def test_ema_decay_warms_up():
