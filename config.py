@@ -81,6 +81,8 @@ FABRICS = ("denim", "cotton", "leather", "furry", "knitted", "chiffon", "other")
 # simple, so narrower networks learn them within minutes on a laptop CPU.
 BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_size=32,
                       snapshot_interval=5)
+# What sets the BatchNorm scale and shift of G's up blocks (Config.g_fusion; see model.py)
+FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
 # Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
 PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}}
 
@@ -353,7 +355,7 @@ FIELD_RULES = {
     "stage": one_of(1, 2), "stage1_size": power_of_two(8, 1024),
     "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
-    "r_num": whole(0, 64), "g_fusion": one_of("input", "affine", "affine_text", "affine_text_z"),
+    "r_num": whole(0, 64), "g_fusion": one_of(*FUSIONS),
     "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
     "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself

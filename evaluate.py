@@ -515,8 +515,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     fd_floor, fd_gen = fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present,
                                   kinds_all, ecfg.seed, device, progress)
 
-    var_gen, var_real, n_var = variety(netG, data, held_idx, targets, present, ecfg.seed,
-                                       device)
+    var_gen, var_real, n_var = variety(netG, data, held_idx, r_t, present, ecfg.seed, device)
 
     # accuracies: (attribute, set, kind name or "all") -> (value, n)
     acc = accuracies({"real": (r_logp, r_t), "generated": (g_logp, g_t),
@@ -668,23 +667,22 @@ def mean_pairwise_rms(groups) -> float:
     return torch.cat(dists).mean().item() if dists else float("nan")
 
 
-def variety(netG, data, held_idx, targets, present, seed: int, device) -> tuple[float, float, int]:
+def variety(netG, data, held_idx, held_t, present, seed: int, device) -> tuple[float, float, int]:
     """(generated, real, number of captions): within-prompt variety, the mean RMS pixel
     distance between two of VARIETY_DRAWS images drawn for one held-out caption (its first,
     long one), over VARIETY_PROMPTS captions per kind; beside it the same distance between
-    real held-out photos of one kind, colour and pattern (what one caption may mean)."""
-    groups, n = [], 0
+    real held-out photos of one kind, colour and pattern (what one caption may mean).
+    held_t: the (kind, colour, pattern) targets of the held-out samples."""
+    groups = []
     for kd in present:
-        part = torch.as_tensor(held_idx[targets[0][held_idx] == kd][:VARIETY_PROMPTS])
+        part = torch.as_tensor(held_idx[held_t[0] == kd][:VARIETY_PROMPTS])
         img = to_feat_size(sample.sample_images(netG, data.emb[part].to(device), VARIETY_DRAWS,
                                                 _noise_seed(seed, kd, 2)))
         groups += list(img.view(len(part), VARIETY_DRAWS, *img.shape[1:]))
-        n += len(part)
-    attrs = np.stack([t[held_idx] for t in targets], 1)
-    _, group_of = np.unique(attrs, axis=0, return_inverse=True)
+    _, group_of = np.unique(np.stack(held_t, 1), axis=0, return_inverse=True)
     real = [data.pixels(held_idx[group_of.ravel() == g][:VARIETY_DRAWS])
             for g in range(group_of.max() + 1)]
-    return mean_pairwise_rms(groups), mean_pairwise_rms(real), n
+    return mean_pairwise_rms(groups), mean_pairwise_rms(real), len(groups)
 
 
 def accuracies(sets: dict, present) -> dict:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import COLOURS, KINDS, PATTERNS, Config
+from config import COLOURS, FUSIONS, KINDS, PATTERNS, Config
 
 
 def _log2(n: int, what: str) -> int:
@@ -81,9 +81,6 @@ class CondUpBlock(nn.Module):
         return F.relu(h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None])
 
 
-FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
-
-
 def fusion_dim(cfg: Config) -> int:
     """Width of what sets the up blocks' BN: the CA sample c, the sentence embedding, or
     the sentence embedding with the noise z (DF-GAN's blocks read both)."""
@@ -102,7 +99,7 @@ def block_cond(fusion: str, text_emb, z, c):
 
 def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
     """The upsampling blocks of a generator: plain (StackGAN, fusion "input") or
-    text-conditioned (fusion "affine" or "affine_text"; `c_dim` is fusion_dim's)."""
+    text-conditioned (any other fusion; `c_dim` is fusion_dim's)."""
     if fusion not in FUSIONS:
         raise ValueError(f"g_fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
     if fusion != "input":
