@@ -6,9 +6,10 @@ KL coefficient 2.0. Additions are on by default where the evaluation supports th
 an EMA generator (ema_decay 0.999, warmed up) draws the samples, and the text reaches
 the picture through D's own reading of the sentence (d_cond "text"), text-conditioned
 BatchNorm in every G block, set by the sentence embedding itself rather than by the
-noisy CA sample (g_fusion "affine_text"), attribute heads in D (aux_coef 1) and
-"wrong" pairs that differ in kind, colour or pattern. `--ema_decay 0 --d_cond mu
---g_fusion input --aux_coef 0` restores the original. Every
+noisy CA sample (g_fusion "affine_text"), attribute heads in D (aux_coef 1),
+"wrong" pairs that differ in kind, colour or pattern, and mode seeking (ms_coef 0.2),
+which keeps the images of one prompt apart. `--ema_decay 0 --d_cond mu --g_fusion input
+--aux_coef 0 --ms_coef 0` restores the original. Every
 field can be set from the command line in main.py (`--name value`), so there is no YAML
 and no second source of truth.
 """
@@ -83,6 +84,9 @@ BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_
                       snapshot_interval=5)
 # What sets the BatchNorm scale and shift of G's up blocks (Config.g_fusion; see model.py)
 FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
+# Fields added after checkpoints were first written, with the value that reproduces a run
+# saved before them (Config.from_dict): such a run trained without mode seeking
+FIELDS_ADDED = {"ms_coef": 0.0}
 # Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
 PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}}
 
@@ -131,6 +135,10 @@ class Config:
     beta2: float = 0.999
     lr_decay_epoch: int = 20  # LR halves every this many epochs
     kl_coef: float = 2.0
+    # >0: mode seeking (MSGAN): G draws two images of each caption in a batch from different
+    # noise, and this weight times 1 / (their distance at 16 px / their noise distance)
+    # keeps them apart, so one prompt gives varied garments; 0: off, as StackGAN
+    ms_coef: float = 0.2
     # >0: D also names each real image's kind, colour and pattern (auxiliary heads) and G is
     # trained to make its images named as their caption's; 0: off, as StackGAN
     aux_coef: float = 1.0
@@ -205,8 +213,10 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """The Config a saved dict describes; a field the dict predates takes the value
+        that reproduces how it was trained (FIELDS_ADDED), not today's default."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{**FIELDS_ADDED, **{k: v for k, v in d.items() if k in names}})
 
 
 # ------------------------------------------------------------------ value checks
@@ -360,7 +370,8 @@ FIELD_RULES = {
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
     "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself
     "beta1": number(0, 1, hi_open=True), "beta2": number(0, 1, hi_open=True),
-    "lr_decay_epoch": whole(1), "kl_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
+    "lr_decay_epoch": whole(1), "kl_coef": number(0, 1e6),
+    "ms_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
     "ema_decay": number(0, 1, hi_open=True), "loss": one_of("bce", "hinge"),
     "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "r1_gamma": number(0, 1e6),
     "max_steps": whole(0), "snapshot_interval": whole(1), "log_interval": whole(1),

@@ -28,7 +28,8 @@ from sample import load_generator
 from synthetic import ensure_synthetic
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
                    copy_file, discriminator_loss, first_line, generator_loss, init_wandb,
-                   load_checkpoint, requires_grad, resolve_device, save_checkpoint, save_grid,
+                   load_checkpoint, mode_seeking_loss, requires_grad, resolve_device,
+                   save_checkpoint, save_grid,
                    set_seed, standing_stats, use_bf16)
 
 MIN_BATCH = FIELD_RULES["batch_size"].lo  # BatchNorm needs two images to train on
@@ -470,36 +471,61 @@ def wrap(netG, netD, netG_ema, optG, optD, compile_: bool, world: int, device) -
 
 def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
     """One StackGAN step on (real, wrong, text, labels): D learns matching pairs from
-    wrong and generated ones, G learns to fool it (+ KL and the attribute term), the EMA
-    of G follows. Returns the detached loss terms as device tensors: nothing here waits
+    wrong and generated ones, G learns to fool it (+ KL, the attribute term and mode
+    seeking), the EMA of G follows. Returns the detached loss terms as device tensors: nothing here waits
     for the device (StepStats.read checks them for NaN when they are logged)."""
     real, wrong, emb, labels = batch
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     real, wrong = real.contiguous(memory_format=fmt), wrong.contiguous(memory_format=fmt)
     dev = real.device
+    # with mode seeking, G draws the first half's captions twice: fake i and i + n share one
+    g_idx = paired_index(len(real), dev) if cfg.ms_coef > 0 else None
+    g_emb, g_labels = (emb, labels) if g_idx is None else (emb[g_idx], labels[g_idx])
     z = torch.randn(len(real), cfg.z_dim, device=dev)
     with autocast(dev, bf16):
-        fake, mu, logvar = nets.G(emb, z)
-    d_cond = emb if cfg.d_cond == "text" else mu  # what D reads the text from
+        fake, mu, logvar = nets.G(g_emb, z)
+        # what D reads the text from, for the real and wrong images and for the fakes
+        if cfg.d_cond == "text":
+            d_cond, fake_cond = emb, g_emb
+        else:
+            d_cond, fake_cond = (mu if g_idx is None else ca_mean(nets.raw_G, emb)), mu
 
     requires_grad(nets.raw_D, True)
     nets.opt_D.zero_grad(set_to_none=True)
     with autocast(dev, bf16):
         d_loss, d_stats = discriminator_loss(nets.D, real, wrong, fake, d_cond, cfg.loss,
-                                             cfg.diffaug, cfg.r1_gamma, labels, cfg.aux_coef)
+                                             cfg.diffaug, cfg.r1_gamma, labels, cfg.aux_coef,
+                                             fake_cond)
     d_loss.backward()
     nets.opt_D.step()
 
     requires_grad(nets.raw_D, False)
     nets.opt_G.zero_grad(set_to_none=True)
     with autocast(dev, bf16):
-        g_loss, g_stats = generator_loss(nets.D_for_G, fake, d_cond, mu, logvar, cfg.kl_coef,
-                                         cfg.loss, cfg.diffaug, labels, cfg.aux_coef)
+        g_loss, g_stats = generator_loss(nets.D_for_G, fake, fake_cond, mu, logvar, cfg.kl_coef,
+                                         cfg.loss, cfg.diffaug, g_labels, cfg.aux_coef)
+        if g_idx is not None:
+            l_ms = mode_seeking_loss(fake, z)
+            g_loss = g_loss + cfg.ms_coef * l_ms
+            g_stats = {**g_stats, "ms": l_ms.detach(), "g_loss": g_loss.detach()}
     g_loss.backward()
     nets.opt_G.step()
     if nets.ema_G is not None:
         accumulate(nets.ema_G, nets.raw_G, ema_decay(cfg.ema_decay, step))
     return {**d_stats, **g_stats}
+
+
+def paired_index(n: int, device) -> torch.Tensor:
+    """Caption order of a mode-seeking batch of n: 0..h-1 then 0..n-h-1 (h = n // 2), so
+    that rows i and i + h hold the same caption."""
+    h = n // 2
+    return torch.cat([torch.arange(h, device=device), torch.arange(n - h, device=device)])
+
+
+@torch.no_grad()
+def ca_mean(netG: torch.nn.Module, emb: torch.Tensor) -> torch.Tensor:
+    """G's conditioning-augmentation mean of `emb` (D's text with d_cond "mu")."""
+    return netG.ca_net.encode(emb)[0]
 
 
 class StepStats:

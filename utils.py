@@ -264,7 +264,8 @@ def attribute_loss(aux, labels) -> torch.Tensor:
 
 
 def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug: str = "",
-                       r1_gamma: float = 0.0, labels=None, aux_coef: float = 0.0):
+                       r1_gamma: float = 0.0, labels=None, aux_coef: float = 0.0,
+                       fake_cond=None):
     """StackGAN matching-aware D loss.
 
     real + matching text -> real; wrong image + this text -> fake; generated + text ->
@@ -273,17 +274,19 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
     `loss` picks the BCE of StackGAN or the hinge loss; `diffaug` augments every D input;
     `r1_gamma` adds the R1 penalty gamma/2 * E|grad_x D(x, text)|^2 on real images;
     `aux_coef` > 0 adds the attribute cross-entropy of the real images (`labels`: kind,
-    colour, pattern per image) when D has auxiliary heads.
+    colour, pattern per image) when D has auxiliary heads. `fake_cond`: the generated
+    images' text when it is not `cond` (a mode-seeking batch draws captions twice).
     Returns (loss, stats): stats are detached 0-dim tensors on the loss's device, so
     that no step waits for the device; read them only when logging.
     """
     cond = cond.detach()
+    fake_cond = cond if fake_cond is None else fake_cond.detach()
     real_in = diff_augment(real, diffaug)
     if r1_gamma > 0:
         real_in = real_in.detach().requires_grad_(True)
     real_c, real_u, real_a = netD(real_in, cond)
     wrong_c, _, _ = netD(diff_augment(wrong, diffaug), cond)
-    fake_c, fake_u, _ = netD(diff_augment(fake.detach(), diffaug), cond)
+    fake_c, fake_u, _ = netD(diff_augment(fake.detach(), diffaug), fake_cond)
     l_real, l_wrong = _d_term(real_c, True, loss), _d_term(wrong_c, False, loss)
     l_fake = _d_term(fake_c, False, loss)
     if real_u is not None:
@@ -325,6 +328,22 @@ def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bc
         stats["g_aux"] = l_aux
     stats["g_loss"] = total
     return total, {k: v.detach() for k, v in stats.items()}
+
+
+def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, size: int = 16,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Mode seeking (Mao et al., MSGAN, 2019) for a batch whose rows i and i + n // 2
+    share a caption: 1 / (mean |x_i - x_j| / mean |z_i - z_j| + eps). It grows as G draws
+    the images of one caption alike from different noise. The images are compared
+    average-pooled to `size` px, so that pixel-level speckle does not count as variety:
+    only differences in shape, shade and layout do."""
+    h = len(fake) // 2
+    x = fake.float()
+    if x.shape[-1] > size:
+        x = F.adaptive_avg_pool2d(x, size)
+    image_gap = (x[:h] - x[h:2 * h]).abs().mean()
+    noise_gap = (z[:h].float() - z[h:2 * h].float()).abs().mean()
+    return 1 / (image_gap / noise_gap + eps)
 
 
 # --------------------------------------------------------------------------- grids

@@ -8,7 +8,7 @@ import torch
 from config import Config
 from model import build_models
 from utils import (UserError, attribute_loss, diff_augment, discriminator_loss, generator_loss,
-                   kl_loss)
+                   kl_loss, mode_seeking_loss)
 
 
 def tiny(**kw):
@@ -167,3 +167,91 @@ def test_attribute_loss_and_its_terms():
     assert g_with.item() == pytest.approx(g_without.item() + 0.5 * expect, rel=1e-5)
     assert float(g_stats["g_aux"]) == pytest.approx(expect, rel=1e-5)
 
+
+
+def test_mode_seeking_loss_against_hand_values():
+    z = torch.zeros(4, 3)
+    z[2:] = 2.0  # noise gap |z_i - z_{i+2}| = 2 everywhere
+    fake = torch.zeros(4, 3, 2, 2)
+    fake[2:] = 0.5  # image gap 0.5
+    assert mode_seeking_loss(fake, z).item() == pytest.approx(1 / (0.5 / 2 + 1e-5), rel=1e-6)
+    # identical images of one caption: the loss is at its largest, 1 / eps
+    assert mode_seeking_loss(torch.ones(4, 3, 2, 2), z).item() == pytest.approx(1e5, rel=1e-6)
+    # an odd batch: the last row has no partner and does not count
+    odd = torch.cat([fake, torch.full((1, 3, 2, 2), 9.0)])
+    assert mode_seeking_loss(odd, torch.cat([z, z[:1]])).item() == pytest.approx(
+        1 / (0.5 / 2 + 1e-5), rel=1e-6)
+    # images compared average-pooled to 16 px: a checkerboard of +-0.5 between two 32 px
+    # images is speckle, not variety (loss 1 / eps); a shade difference of 0.5 counts whole
+    speckle = torch.zeros(4, 3, 32, 32)
+    speckle[2:, :, ::2, ::2], speckle[2:, :, 1::2, 1::2] = 1.0, 1.0
+    speckle[2:] -= 0.5
+    assert speckle[2:].abs().mean() == 0.5
+    assert mode_seeking_loss(speckle, z).item() == pytest.approx(1e5, rel=1e-6)
+    shade = torch.zeros(4, 3, 32, 32)
+    shade[2:] = 0.5
+    assert mode_seeking_loss(shade, z).item() == pytest.approx(1 / (0.5 / 2 + 1e-5), rel=1e-6)
+
+
+def test_mode_seeking_step_draws_a_captions_images_apart():
+    """A few SGD steps on the mode-seeking loss alone move a tiny G's two images of the
+    same caption away from each other."""
+    torch.manual_seed(0)
+    cfg = tiny(stage1_size=16)
+    g, _ = build_models(cfg)
+    text = torch.randn(4, cfg.text_dim).repeat(2, 1)  # rows i and i + 4 share a caption
+    z = torch.randn(8, cfg.z_dim)
+    opt = torch.optim.SGD(g.parameters(), lr=0.05)
+
+    def gap():
+        with torch.no_grad():
+            fake = g(text, z)[0]
+        return (fake[:4] - fake[4:]).abs().mean().item()
+
+    before = gap()
+    for _ in range(5):
+        opt.zero_grad()
+        mode_seeking_loss(g(text, z)[0], z).backward()
+        opt.step()
+    assert gap() > 1.5 * before
+
+
+class RecordingD(torch.nn.Module):
+    """A discriminator that notes the text condition of every call."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.d, self.conds = d, []
+
+    def forward(self, img, c):
+        self.conds.append(c.detach().clone())
+        return self.d(img, c)
+
+
+@pytest.mark.parametrize("d_cond", ["text", "mu"])
+def test_train_step_pairs_captions_for_mode_seeking(d_cond):
+    """With ms_coef > 0, G draws the first half's captions twice (rows i and i + 2 of a
+    batch of 5 share one), D scores those fakes with their own captions' condition and
+    the real and wrong images with the batch's; with ms_coef 0 every caption is drawn once."""
+    import train
+    torch.manual_seed(0)
+    for ms in (1.0, 0.0):
+        cfg = tiny(stage1_size=16, d_cond=d_cond, ms_coef=ms, ema_decay=0.0)
+        g, d = build_models(cfg)
+        rec = RecordingD(d)
+        opt_g, opt_d = train.adam(g.parameters(), 1e-4, cfg), train.adam(d.parameters(), 1e-4, cfg)
+        nets = train.wrap(g, rec, None, opt_g, opt_d, False, 1, torch.device("cpu"))
+        emb = torch.randn(5, cfg.text_dim)
+        real = torch.rand(5, 3, 16, 16) * 2 - 1
+        labels = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 0], [4, 0, 1]])
+        text_c = emb if d_cond == "text" else train.ca_mean(g, emb)  # before G's update
+        stats = train.train_step(nets, (real, real.flip(0), emb, labels), cfg, 0, False)
+        real_c, wrong_c, fake_c, g_c = rec.conds  # D's real, wrong and fake calls, then G's
+        order = [0, 1, 0, 1, 2] if ms else [0, 1, 2, 3, 4]
+        torch.testing.assert_close(real_c, text_c, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(wrong_c, text_c, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fake_c, text_c[order], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(g_c, fake_c)
+        assert ("ms" in stats) == (ms > 0)
+        if ms:
+            assert float(stats["g_loss"]) > float(stats["ms"]) > 0
