@@ -208,19 +208,11 @@ def test_presets_are_named_and_the_default_follows_data_dir():
     assert builtin == Config(**BUILTIN_PRESET) and said.startswith("preset builtin (no --data_dir)")
     paper, said = settle("--train", "y", "--data_dir", "d")
     assert paper == Config(data_dir="d") and said.startswith("preset stackgan (--data_dir)")
+    assert builtin.ms_coef == 0.2 and paper.ms_coef == 0  # mode seeking: the built-in data's
     assert settle("--preset", "stackgan")[0] == Config()
     assert settle("--preset", "builtin", "--data_dir", "d")[0] == Config(data_dir="d",
                                                                          **BUILTIN_PRESET)
     assert settle("--gf_dim", "64")[0].gf_dim == 64  # a flag still overrides the preset
-
-def test_a_saved_config_that_predates_a_field_keeps_how_it_was_trained():
-    from config import FIELDS_ADDED
-    saved = Config(gf_dim=4).to_dict()
-    assert Config.from_dict(saved) == Config(gf_dim=4)  # a full dict reads back as saved
-    del saved["ms_coef"]  # written before mode seeking existed: it trained without it
-    assert Config.from_dict(saved) == Config(gf_dim=4, ms_coef=0.0)
-    assert Config().ms_coef > 0 and set(FIELDS_ADDED) <= set(FIELD_RULES)
-
 
 def test_checkpoint_settings_go_through_the_same_rules(tmp_path, capsys):
     import torch
