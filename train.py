@@ -28,8 +28,7 @@ from sample import load_generator
 from synthetic import ensure_synthetic
 from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
                    copy_file, discriminator_loss, first_line, generator_loss, init_wandb,
-                   load_checkpoint, mode_seeking_loss, requires_grad, resolve_device,
-                   save_checkpoint, save_grid,
+                   load_checkpoint, requires_grad, resolve_device, save_checkpoint, save_grid,
                    set_seed, standing_stats, use_bf16)
 
 MIN_BATCH = FIELD_RULES["batch_size"].lo  # BatchNorm needs two images to train on
@@ -472,8 +471,9 @@ def wrap(netG, netD, netG_ema, optG, optD, compile_: bool, world: int, device) -
 def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
     """One StackGAN step on (real, wrong, text, labels): D learns matching pairs from
     wrong and generated ones, G learns to fool it (+ KL, the attribute term and mode
-    seeking), the EMA of G follows. Returns the detached loss terms as device tensors: nothing here waits
-    for the device (StepStats.read checks them for NaN when they are logged)."""
+    seeking), the EMA of G follows. Returns the detached loss terms as device tensors:
+    nothing here waits for the device (StepStats.read checks them for NaN when they are
+    logged)."""
     real, wrong, emb, labels = batch
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     real, wrong = real.contiguous(memory_format=fmt), wrong.contiguous(memory_format=fmt)
@@ -503,11 +503,8 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
     nets.opt_G.zero_grad(set_to_none=True)
     with autocast(dev, bf16):
         g_loss, g_stats = generator_loss(nets.D_for_G, fake, fake_cond, mu, logvar, cfg.kl_coef,
-                                         cfg.loss, cfg.diffaug, g_labels, cfg.aux_coef)
-        if g_idx is not None:
-            l_ms = mode_seeking_loss(fake, z)
-            g_loss = g_loss + cfg.ms_coef * l_ms
-            g_stats = {**g_stats, "ms": l_ms.detach(), "g_loss": g_loss.detach()}
+                                         cfg.loss, cfg.diffaug, g_labels, cfg.aux_coef, z,
+                                         cfg.ms_coef)
     g_loss.backward()
     nets.opt_G.step()
     if nets.ema_G is not None:

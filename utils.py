@@ -310,26 +310,6 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
     return total, {k: v.detach() for k, v in stats.items()}
 
 
-def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bce",
-                   diffaug: str = "", labels=None, aux_coef: float = 0.0):
-    """Fool D (conditional, plus unconditional when present) + kl_coef * KL, plus
-    aux_coef * the attribute cross-entropy of the generated images against their
-    captions' `labels` when D has auxiliary heads."""
-    fake_c, fake_u, fake_a = netD(diff_augment(fake, diffaug), cond.detach())
-    l_adv = _g_term(fake_c, loss)
-    if fake_u is not None:
-        l_adv = l_adv + _g_term(fake_u, loss)
-    l_kl = kl_loss(mu, logvar)
-    total = l_adv + kl_coef * l_kl
-    stats = {"g_adv": l_adv, "kl": l_kl}
-    if aux_coef > 0 and fake_a is not None and labels is not None:
-        l_aux = attribute_loss(fake_a, labels)
-        total = total + aux_coef * l_aux
-        stats["g_aux"] = l_aux
-    stats["g_loss"] = total
-    return total, {k: v.detach() for k, v in stats.items()}
-
-
 def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, size: int = 16,
                       eps: float = 1e-5) -> torch.Tensor:
     """Mode seeking (Mao et al., MSGAN, 2019) for a batch whose rows i and i + n // 2
@@ -344,6 +324,32 @@ def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, size: int = 16,
     image_gap = (x[:h] - x[h:2 * h]).abs().mean()
     noise_gap = (z[:h].float() - z[h:2 * h].float()).abs().mean()
     return 1 / (image_gap / noise_gap + eps)
+
+
+def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bce",
+                   diffaug: str = "", labels=None, aux_coef: float = 0.0, z=None,
+                   ms_coef: float = 0.0):
+    """Fool D (conditional, plus unconditional when present) + kl_coef * KL, plus
+    aux_coef * the attribute cross-entropy of the generated images against their
+    captions' `labels` when D has auxiliary heads, plus ms_coef * mode_seeking_loss of
+    `fake` drawn from noise `z` (rows i and i + n // 2 share a caption) when ms_coef > 0."""
+    fake_c, fake_u, fake_a = netD(diff_augment(fake, diffaug), cond.detach())
+    l_adv = _g_term(fake_c, loss)
+    if fake_u is not None:
+        l_adv = l_adv + _g_term(fake_u, loss)
+    l_kl = kl_loss(mu, logvar)
+    total = l_adv + kl_coef * l_kl
+    stats = {"g_adv": l_adv, "kl": l_kl}
+    if aux_coef > 0 and fake_a is not None and labels is not None:
+        l_aux = attribute_loss(fake_a, labels)
+        total = total + aux_coef * l_aux
+        stats["g_aux"] = l_aux
+    if ms_coef > 0:
+        l_ms = mode_seeking_loss(fake, z)
+        total = total + ms_coef * l_ms
+        stats["ms"] = l_ms
+    stats["g_loss"] = total
+    return total, {k: v.detach() for k, v in stats.items()}
 
 
 # --------------------------------------------------------------------------- grids

@@ -168,7 +168,6 @@ def test_attribute_loss_and_its_terms():
     assert float(g_stats["g_aux"]) == pytest.approx(expect, rel=1e-5)
 
 
-
 def test_mode_seeking_loss_against_hand_values():
     z = torch.zeros(4, 3)
     z[2:] = 2.0  # noise gap |z_i - z_{i+2}| = 2 everywhere
