@@ -46,7 +46,7 @@ from get_embeddings import encode_texts, load_data, load_text_model
 from model import Stage1_G, Stage2_G, build_models
 from sample import Drawer, load_generator, sample_images
 from synthetic import ensure_synthetic
-from train import StepStats, adam, configure_device, train_step, wrap
+from train import StepStats, adam, adaptive_p, configure_device, train_step, wrap
 from utils import UserError, autocast, resolve_device, run_cli, to_uint8, use_bf16
 
 
@@ -100,7 +100,7 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
     ema = copy.deepcopy(netG).eval() if cfg.ema_decay > 0 else None
     optG = adam([p for p in netG.parameters() if p.requires_grad], cfg.lr_g, cfg)
     optD = adam(netD.parameters(), cfg.lr_d, cfg)
-    nets = wrap(netG, netD, ema, optG, optD, cfg.compile, 1, device)
+    nets = wrap(netG, netD, ema, optG, optD, cfg.compile, 1, device, adaptive_p(cfg, device))
     bf16 = use_bf16(cfg.amp, device)
     if naive is None:
         data.to(device)
@@ -132,9 +132,8 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
     meter.read(warmup)
     sync(device)
     warmup_s = time.perf_counter() - t
-    with FlopCounterMode(display=False) as counter:  # the plain modules, counted once
-        train_step(wrap(netG, netD, ema, optG, optD, False, 1, device), next_batch(), cfg, 0, bf16)
-    flops = counter.get_total_flops()
+    flops = count_step_flops(cfg, wrap(netG, netD, ema, optG, optD, False, 1, device, nets.ada),
+                             next_batch(), bf16)
 
     t_data = t_step = 0.0
     for i in range(steps):
@@ -160,6 +159,20 @@ def train_throughput(cfg, data, device, steps, warmup, naive=None, workers=0):
             "step_ms_per_step": 1000 * t_step / steps, "data_share": t_data / (t_data + t_step),
             "warmup_s": warmup_s, "gflop_per_image": flops / cfg.batch_size / 1e9,
             "tflop_per_s": flops * steps / wall / 1e12}
+
+
+def count_step_flops(cfg, nets, batch, bf16: bool) -> float:
+    """The floating-point operations of one train_step on the plain modules, counted
+    once; NaN when torch's counter cannot follow the step (its module hooks refuse the
+    double backward of a gradient penalty, --r1_gamma or --ma_gp)."""
+    try:
+        with FlopCounterMode(display=False) as counter:
+            train_step(nets, batch, cfg, 0, bf16)
+    except RuntimeError as e:
+        if "autograd.grad" not in str(e):
+            raise
+        return float("nan")
+    return counter.get_total_flops()
 
 
 @torch.no_grad()

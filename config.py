@@ -86,8 +86,23 @@ BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_
                       snapshot_interval=5, ms_coef=0.2)
 # What sets the BatchNorm scale and shift of G's up blocks (Config.g_fusion; see model.py)
 FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
+# Real photos on a CPU (a few thousand photos, Stage I in 30 minutes, Stage II in 45 with
+# --max_minutes): the small-data discriminator (see PHOTOS_STAGE2 for Stage II's own widths).
+PHOTOS_PRESET = dict(gf_dim=32, df_dim=32, batch_size=32, epochs=1000, lr_decay_epoch=100,
+                     snapshot_interval=25, diffaug="translation,cutout", recon_coef=1.0)
+# Stage II of a preset: what differs from its Stage I (a 256 px step costs ~10x a 64 px one)
+BUILTIN_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, epochs=4, lr_decay_epoch=100,
+                      snapshot_interval=1, s2_output="residual", skip_excitation=True)
+PHOTOS_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, lr_decay_epoch=1000, snapshot_interval=5,
+                     s2_output="residual", skip_excitation=True)
 # Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
-PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}}
+PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}, "photos": PHOTOS_PRESET}
+PRESETS_STAGE2 = {"builtin": BUILTIN_STAGE2, "stackgan": {}, "photos": PHOTOS_STAGE2}
+
+
+def preset_values(name: str, stage: int) -> dict:
+    """The settings of preset `name` for `stage` (Stage II: its Stage-II values on top)."""
+    return {**PRESETS[name], **(PRESETS_STAGE2[name] if stage == 2 else {})}
 
 
 @dataclass
@@ -148,9 +163,34 @@ class Config:
     # small-data / stability switches (the defaults are StackGAN's original choices)
     loss: str = "bce"  # bce (StackGAN) | hinge
     d_norm: str = "bn"  # discriminator normalisation: bn (StackGAN) | sn (spectral norm, no BN)
-    diffaug: str = ""  # differentiable augmentation of every D input, e.g. "color,translation,cutout"
+    # DiffAugment (Zhao et al., 2020): the same random change of every image D sees, real,
+    # wrong and generated, in D's step and in G's, e.g. "translation,cutout" ("color" also
+    # shifts hue and saturation: a caption's colour word no longer matches; "" off, as StackGAN)
+    diffaug: str = ""
+    # the probability that each DiffAugment op changes an image; with ada_target > 0 it
+    # starts at 0 and adapts (ADA, Karras et al., 2020) so that the share of real images D
+    # scores as real, r = E[sign D(real)], stays near ada_target
+    aug_p: float = 1.0
+    ada_target: float = 0.0  # >0: adaptive aug_p towards this r (ADA's 0.6); 0: aug_p fixed
+    ada_kimg: float = 100.0  # thousands of images over which the adaptive p can move from 0 to 1
+    # >0: D's 8x8 and 16x16 features must reconstruct the real image (whole, and one random
+    # quarter) through small decoders, L1 times this weight (FastGAN's self-supervised D,
+    # Liu et al., 2021, with L1 for its LPIPS); 0: off, as StackGAN
+    recon_coef: float = 0.0
+    # >0: DF-GAN's matching-aware zero-centred gradient penalty on D(real image, its text):
+    # this weight times the mean of |(grad_image, grad_text)|^6; 0: off, as StackGAN
+    ma_gp: float = 0.0
     r1_gamma: float = 0.0  # >0: R1 gradient penalty on real images
+    # Stage II's output: "redraw" (StackGAN: a new image from its features) | "residual"
+    # (detail added to the bicubic upscaling of its Stage-I draft, so it starts from the draft)
+    s2_output: str = "redraw"
+    # Stage II: FastGAN's skip-layer excitation, the 16x16 features gating the channels of
+    # every up block from 64 px on (n: off, as StackGAN)
+    skip_excitation: bool = False
     max_steps: int = 0  # >0: stop with a checkpoint after this many steps in all (0: run every epoch)
+    # >0: stop as on Ctrl-C (checkpoint, grid, log, the resume line) once this invocation has
+    # run this many minutes (0: no time limit)
+    max_minutes: float = 0.0
     snapshot_interval: int = 10  # epochs between checkpoints and sample grids
     log_interval: int = 10  # steps between log rows
     seed: int = 0
@@ -200,6 +240,9 @@ class Config:
         if self.stage2_size <= self.stage1_size:
             raise UserError(f"--stage2_size: must be larger than --stage1_size "
                             f"({self.stage1_size}), got {self.stage2_size}")
+        if self.recon_coef > 0 and self.stage1_size < 16:
+            raise UserError(f"--recon_coef: D's decoders read its 8x8 features, so "
+                            f"--stage1_size must be at least 16, got {self.stage1_size}")
         for p in filter(None, (s.strip() for s in self.diffaug.split(","))):
             if p not in DIFFAUG_POLICIES:
                 raise UserError(f"--diffaug: unknown policy {_shown(p)} (use "
@@ -371,8 +414,12 @@ FIELD_RULES = {
     "lr_decay_epoch": whole(1), "kl_coef": number(0, 1e6),
     "ms_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
     "ema_decay": number(0, 1, hi_open=True), "loss": one_of("bce", "hinge"),
-    "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "r1_gamma": number(0, 1e6),
-    "max_steps": whole(0), "snapshot_interval": whole(1), "log_interval": whole(1),
+    "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "aug_p": number(0, 1),
+    "ada_target": number(0, 1, hi_open=True), "ada_kimg": number(0.001, 1e6),
+    "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
+    "s2_output": one_of("redraw", "residual"), "skip_excitation": Rule(bool),
+    "max_steps": whole(0), "max_minutes": number(0, 1e7),
+    "snapshot_interval": whole(1), "log_interval": whole(1),
     "seed": SEED, "out_dir": TEXT, "device": DEVICE, "num_threads": NUM_THREADS,
     "amp": one_of("auto", "on", "off"), "channels_last": Rule(bool), "tf32": Rule(bool),
     "compile": Rule(bool), "wandb_project": Rule(str, test=_wandb_project_problem),
@@ -443,4 +490,5 @@ def stage_list(text: str) -> list:
 # fields whose values change the shape of the networks: a checkpoint only loads
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
-               "r_num", "text_dim", "d_norm", "g_fusion", "d_cond", "aux_coef")
+               "r_num", "text_dim", "d_norm", "g_fusion", "d_cond", "aux_coef", "recon_coef",
+               "s2_output", "skip_excitation")

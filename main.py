@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import sys
 
-from config import FIELD_RULES, KINDS, PRESETS, CliParser, Config, flag_type, yes_no
+from config import FIELD_RULES, KINDS, PRESETS, CliParser, Config, flag_type, preset_values, yes_no
 from sample import generate, read_prompts, sweep_prompts
 from train import train
 from utils import run_cli
@@ -35,11 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data_dir", default=None, type=path,
                    help="DFMM-layout folder; omitted: the built-in synthetic garments")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
-                   help="settings under the flags: builtin (narrower networks, 30 epochs) or "
-                        "stackgan (config.Config's defaults); default: builtin without "
-                        "--data_dir, stackgan with it")
+                   help="settings under the flags: builtin (narrower networks, 30 epochs), "
+                        "stackgan (config.Config's defaults) or photos (a photo folder on a "
+                        "CPU: narrow networks, the small-data discriminator; use with "
+                        "--max_minutes); each has its Stage-II values; default: builtin "
+                        "without --data_dir, stackgan with it")
     p.add_argument("--stage1_g", default=None, type=path,
-                   help="Stage-I checkpoint (required for Stage II)")
+                   help="the Stage-I checkpoint Stage II refines (default: "
+                        "OUT_DIR/stage1/last.pt)")
     p.add_argument("--net_g", default=None, type=path,
                    help="generator checkpoint for --train n (default: OUT_DIR/stage2/last.pt, "
                         "else OUT_DIR/stage1/last.pt)")
@@ -72,7 +75,8 @@ def preset_name(args) -> str:
 
 def describe_preset(args) -> str:
     name = preset_name(args)
-    values = ", ".join(f"{k} {v}" for k, v in PRESETS[name].items()) or "config.Config's defaults"
+    values = ", ".join(f"{k} {v}" for k, v in preset_values(name, args.stage or 1).items()) \
+        or "config.Config's defaults"
     why = "" if args.preset else " (no --data_dir)" if args.data_dir is None else " (--data_dir)"
     return f"preset {name}{why}: {values}" + ("; then --debug" if args.debug else "")
 
@@ -82,7 +86,7 @@ def make_config(args) -> tuple[Config, set]:
     flags given."""
     names = {f.name for f in dataclasses.fields(Config)}
     explicit = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    values = dict(PRESETS[preset_name(args)])
+    values = preset_values(preset_name(args), args.stage or 1)
     if args.debug:
         values.update(DEBUG)
     values.update(explicit)

@@ -123,6 +123,26 @@ class ResBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
+class SEBlock(nn.Module):
+    """Skip-layer excitation (FastGAN, Liu et al., 2021): a low-resolution feature map
+    sets a per-channel gate in (0, 1) on a high-resolution one, so the layout it holds
+    reaches the fine layers in one step."""
+
+    def __init__(self, c_small: int, c_big: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Conv2d(c_small, c_big, 4, 1, 0, bias=False),
+                                  nn.SiLU(), nn.Conv2d(c_big, c_big, 1, 1, 0, bias=False), nn.Sigmoid())
+
+    def forward(self, small, big):
+        return big * self.gate(small)
+
+
+def over_draft(draft, detail):
+    """Stage II's "residual" output: `detail` (logits) added to the draft upscaled, as
+    tanh(atanh(draft) + detail), so that zero detail gives back the draft itself."""
+    return torch.tanh(torch.atanh(draft.clamp(-0.999, 0.999)) + detail)
+
+
 class CA_NET(nn.Module):
     """Conditioning augmentation: text embedding -> N(mu, sigma^2) -> sampled condition.
 
@@ -193,7 +213,16 @@ class Stage2_G(nn.Module):
         chans = [ngf * 4] + [max((ngf * 4) >> (i + 1), 8) for i in range(n_up)]
         self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
         self.fusion = cfg.g_fusion
-        self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
+        # skip-layer excitation: the refined 16x16 (stage1_size / 4) features gate every up
+        # block whose output is at least 4x their size
+        self.se = nn.ModuleDict({str(i): SEBlock(ngf * 4, chans[i + 1]) for i in range(1, n_up)}
+                                if cfg.skip_excitation else {})
+        self.residual_out = cfg.s2_output == "residual"
+        if self.residual_out:  # detail over the draft: starts at zero, i.e. at the draft
+            self.to_img = conv3x3(chans[-1], 3)
+        else:
+            self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
+        self.size = cfg.stage2_size
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -206,8 +235,17 @@ class Stage2_G(nn.Module):
         c, mu, logvar = self.ca_net(text_emb)
         h = self.encoder(low)
         c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))
-        h = self.residual(self.joint(torch.cat([h, c_map], 1)))
-        img = self.to_img(run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c)))
+        h = small = self.residual(self.joint(torch.cat([h, c_map], 1)))
+        cond = block_cond(self.fusion, text_emb, z, c)
+        for i, block in enumerate(self.ups):
+            h = block(h, cond) if isinstance(block, CondUpBlock) else block(h)
+            if str(i) in self.se:
+                h = self.se[str(i)](small, h)
+        if self.residual_out:
+            draft = F.interpolate(low.float(), size=self.size, mode="bicubic", align_corners=False)
+            img = over_draft(draft, self.to_img(h).float())  # fp32: atanh near +-1
+        else:
+            img = self.to_img(h)
         if return_stage1:
             return img, mu, logvar, low
         return img, mu, logvar
@@ -227,6 +265,24 @@ class D_Logits(nn.Module):
         cond = self.joint(torch.cat([feat, c_map], 1)).view(-1)
         uncond = self.uncond(feat).view(-1) if self.uncond is not None else None
         return cond, uncond
+
+
+class Decoder(nn.Module):
+    """FastGAN's SimpleDecoder: an 8x8 feature map -> an image of `size` px in [-1, 1]
+    through up blocks that halve the channels."""
+
+    def __init__(self, cin: int, size: int):
+        super().__init__()
+        n_up = _log2(size, "reconstruction size") - 3
+        chans = [cin] + [max(cin >> (i + 1), 8) for i in range(n_up)]
+        self.body = nn.Sequential(*[up_block(chans[i], chans[i + 1]) for i in range(n_up)],
+                                  conv3x3(chans[-1], 3), nn.Tanh())
+
+    def forward(self, feat):
+        return self.body(feat)
+
+
+RECON_MAX = 64  # the decoders rebuild at most 64 px (half the image size below that)
 
 
 class _Discriminator(nn.Module):
@@ -254,18 +310,54 @@ class _Discriminator(nn.Module):
         # (an AC-GAN/TAC-GAN classifier on D's features), trained on real images
         self.aux = (nn.Linear(ch, len(KINDS) + len(COLOURS) + len(PATTERNS))
                     if cfg.aux_coef > 0 else None)
+        # recon_coef > 0: decoders that rebuild a real image from D's 8x8 features (the
+        # whole image) and from one quarter of its 16x16 features (that quarter)
+        self.rec_size = min(size // 2, RECON_MAX)
+        feat_ch = {size >> (i + 1): c for i, c in enumerate(chans)}  # side -> channels
+        self.dec_whole = self.dec_part = None
+        if cfg.recon_coef > 0:
+            self.dec_whole = Decoder(feat_ch[8], self.rec_size)
+            if 16 in feat_ch:
+                self.dec_part = Decoder(feat_ch[16], self.rec_size)
 
-    def forward(self, img, cond):
+    def forward(self, img, cond, recon: bool = False):
         """Returns (conditional logits, unconditional logits or None, attribute logits
         (kind, colour, pattern) or None), one row per image. cond: the sentence
-        embedding (d_cond "text") or G's CA mean (d_cond "mu")."""
+        embedding (d_cond "text") or G's CA mean (d_cond "mu"). recon=True (a D built
+        with recon_coef > 0, real images): a fourth entry, the L1 reconstruction loss."""
         c = self.text_proj(cond) if self.text_proj is not None else cond
-        feat = self.encode(img)
+        taps = {}
+        if recon:
+            feat = img
+            for layer in self.encode:
+                feat = layer(feat)
+                taps.setdefault(feat.shape[-1], feat)
+        else:
+            feat = self.encode(img)
         cond_logit, uncond_logit = self.logits(feat, c)
-        if self.aux is None:
-            return cond_logit, uncond_logit, None
-        aux = self.aux(feat.float().mean((2, 3)).to(feat.dtype))
-        return cond_logit, uncond_logit, split_attributes(aux)
+        attrs = None
+        if self.aux is not None:
+            attrs = split_attributes(self.aux(feat.float().mean((2, 3)).to(feat.dtype)))
+        if recon:
+            return cond_logit, uncond_logit, attrs, self.reconstruction_loss(img, taps)
+        return cond_logit, uncond_logit, attrs
+
+    def reconstruction_loss(self, img, taps: dict):
+        """Mean L1 between the images (area-downscaled to rec_size) and the decoders'
+        rebuilds: the whole image from the 8x8 features, plus one random quarter (the
+        same for the batch) from that quarter of the 16x16 features."""
+        if self.dec_whole is None:
+            raise ValueError("this discriminator was built without decoders (recon_coef 0)")
+        target = F.adaptive_avg_pool2d(img.float(), self.rec_size)
+        loss = (self.dec_whole(taps[8]).float() - target).abs().mean()
+        if self.dec_part is not None:
+            row, col = divmod(int(torch.randint(4, (1,))), 2)  # a CPU draw: no device wait
+            half = img.shape[-1] // 2
+            part = img[:, :, row * half:(row + 1) * half, col * half:(col + 1) * half]
+            feat = taps[16][:, :, row * 8:(row + 1) * 8, col * 8:(col + 1) * 8]
+            target = F.adaptive_avg_pool2d(part.float(), self.rec_size)
+            loss = loss + (self.dec_part(feat).float() - target).abs().mean()
+        return loss
 
 
 def split_attributes(logits):
@@ -309,5 +401,7 @@ def build_models(cfg: Config, stage1_g: Stage1_G | None = None):
         for name, mod in g.named_children():
             if name != "stage1":
                 mod.apply(weights_init)
+        if g.residual_out:  # no detail yet: a new Stage II draws its drafts upscaled
+            nn.init.zeros_(g.to_img.weight)
     d.apply(weights_init)
     return g, d

@@ -86,6 +86,11 @@ def resolve_resume(resume, out: Path):
     return Path(resume)
 
 
+def out_of_time(cfg: Config, started: float) -> bool:
+    """True once this invocation has run --max_minutes (never when it is 0)."""
+    return cfg.max_minutes > 0 and time.time() - started >= cfg.max_minutes * 60
+
+
 def configure_device(cfg: Config, device: torch.device):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -139,6 +144,7 @@ def train(asked: Config, explicit: set, stage1_path=None, resume=None) -> dict:
     """One loop for both stages. `asked` is the Config of the command line, `explicit`
     the names of the flags given. Returns {"checkpoint": path, "netG", "netD",
     "netG_ema", "step"} (the modules of this rank, unwrapped)."""
+    started = time.time()  # --max_minutes counts from here, data preparation included
     rank, world, ddp_device = dist.setup(asked.device)
     main_proc = rank == 0
     device = ddp_device or resolve_device(asked.device)
@@ -192,7 +198,8 @@ def train(asked: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                     meter.add(train_step(nets, data.batch(idx, cfg, rng, device=device), cfg,
                                          step, bf16))
                     step += 1
-                    stopped = dist.any_flag(stop.flag or 0 < cfg.max_steps <= step, device)
+                    stopped = dist.any_flag(stop.flag or 0 < cfg.max_steps <= step
+                                            or out_of_time(cfg, started), device)
                     if step % cfg.log_interval == 0 or i + 1 == steps_per_epoch or stopped:
                         stats = meter.read(step)  # the only wait for the device; raises on NaN
                         if main_proc:
@@ -246,8 +253,13 @@ def stage1_generator(asked: Config, state, stage1_path):
         stage1_cfg = Config.from_dict(state["stage1_config"])
         return Stage1_G(stage1_cfg), stage1_cfg  # its weights come with the Stage-II G
     if not stage1_path:
-        raise UserError("Stage II refines a trained Stage-I generator: pass --stage1_g "
-                        "PATH (e.g. output/stage1/last.pt from `--train y --stage 1`)")
+        found = Path(asked.out_dir) / "stage1" / "last.pt"
+        if not found.is_file():
+            raise UserError(f"Stage II refines a trained Stage-I generator, and {found} does not "
+                            "exist: train Stage I first (`--train y --stage 1` with the same "
+                            "--out_dir) or pass --stage1_g PATH")
+        print(f"Stage II refines the Stage-I generator {found}")
+        stage1_path = found
     stage1_g, stage1_cfg, _ = load_generator(stage1_path, "cpu", expect_stage=1)
     if stage1_cfg.text_model != asked.text_model:
         raise UserError(f"{stage1_path} was trained with text model {stage1_cfg.text_model!r}, "
@@ -261,15 +273,16 @@ STAGE1_SHARED = ("stage1_size", "z_dim", "condition_dim", "text_dim")  # Stage I
 def settle_config(asked: Config, explicit: set, state, resume_path, stage1_cfg,
                   stage1_path) -> Config:
     """The run's settings before the data is seen. Resumed: the checkpoint's, except
-    flags given now (which must fit its networks); a step limit only ever applies to
-    the invocation it was given to. A new Stage-II run: the Stage-I generator's shared
-    fields, unless given."""
+    flags given now (which must fit its networks); a step or time limit only ever
+    applies to the invocation it was given to. A new Stage-II run: the Stage-I
+    generator's shared fields, unless given."""
     if state is not None:
         saved = Config.from_dict(state["config"])
         check_arch({k: getattr(saved, k) for k in ARCH_FIELDS if k in explicit}, asked,
                    resume_path)
         return dataclasses.replace(saved, **{**{k: getattr(asked, k) for k in explicit},
-                                             "max_steps": asked.max_steps})
+                                             "max_steps": asked.max_steps,
+                                             "max_minutes": asked.max_minutes})
     if stage1_cfg is None:
         return asked
     cfg = dataclasses.replace(asked, **{k: getattr(stage1_cfg, k) for k in STAGE1_SHARED
@@ -332,16 +345,19 @@ def build_training(cfg: Config, stage1_g, state, resume_path, device, rank: int,
     for m in (netG, netD, netG_ema):  # on the device before any state is restored, so
         if m is not None:             # that the optimizers place their state as torch does
             m.to(device, memory_format=fmt)
+    ada = adaptive_p(cfg, device)
     start = (0, 0, 0)
     if state is not None:
         modules = {"netG": netG, "netD": netD, "optG": optG, "optD": optD, "schedG": schedG,
                    "schedD": schedD}
+        if ada is not None and state.get("augment"):
+            modules["augment"] = ada
         restore_training(state, modules, netG_ema, resume_path)
         start = (state["epoch"], state.get("batch", 0), state["step"])
         print(f"resumed from {resume_path} at epoch {start[0] + 1}, step {start[2]}")
     netG.train()
     netD.train()
-    nets = wrap(netG, netD, netG_ema, optG, optD, cfg.compile, world, device)
+    nets = wrap(netG, netD, netG_ema, optG, optD, cfg.compile, world, device, ada)
     return nets, (schedG, schedD), start
 
 
@@ -396,6 +412,7 @@ class Snapshots:
                 "optG": nets.opt_G.state_dict(), "optD": nets.opt_D.state_dict(),
                 "schedG": scheds[0].state_dict(), "schedD": scheds[1].state_dict(),
                 "epoch": epoch, "batch": batch, "step": step, "rng": rng_state(rng),
+                "augment": nets.ada.state_dict() if nets.ada is not None else None,
                 "config": cfg.to_dict(), "wandb_id": self.run.id if self.run is not None else None,
                 "stage1_config": self.stage1_cfg.to_dict() if self.stage1_cfg else None}
         tagged = save_checkpoint(ckpt, self.out / "checkpoints" / f"{tag}.pt")
@@ -453,9 +470,11 @@ class Nets:
     ema_G: torch.nn.Module | None
     opt_G: torch.optim.Optimizer
     opt_D: torch.optim.Optimizer
+    ada: "AdaptiveP | None" = None  # the adaptive DiffAugment probability, when adaptive
 
 
-def wrap(netG, netD, netG_ema, optG, optD, compile_: bool, world: int, device) -> Nets:
+def wrap(netG, netD, netG_ema, optG, optD, compile_: bool, world: int, device,
+         ada: "AdaptiveP | None" = None) -> Nets:
     """The step's view of the networks: torch.compile'd when asked, DDP across ranks."""
     G, D = (torch.compile(netG), torch.compile(netD)) if compile_ else (netG, netD)
     D_for_G = D
@@ -465,7 +484,7 @@ def wrap(netG, netD, netG_ema, optG, optD, compile_: bool, world: int, device) -
         # change BatchNorm statistics that autograd saved (torch 2.11 refuses that), so
         # D's buffers are synchronised only before checkpoints (distributed.sync_buffers)
         G, D = DDP(G, device_ids=ids), DDP(D, device_ids=ids, broadcast_buffers=False)
-    return Nets(G, D, D_for_G, netG, netD, netG_ema, optG, optD)
+    return Nets(G, D, D_for_G, netG, netD, netG_ema, optG, optD, ada)
 
 
 def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
@@ -490,12 +509,13 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
         else:
             d_cond, fake_cond = (mu if g_idx is None else ca_mean(nets.raw_G, emb)), mu
 
+    aug_p = nets.ada.p if nets.ada is not None else cfg.aug_p
     requires_grad(nets.raw_D, True)
     nets.opt_D.zero_grad(set_to_none=True)
     with autocast(dev, bf16):
         d_loss, d_stats = discriminator_loss(nets.D, real, wrong, fake, d_cond, cfg.loss,
                                              cfg.diffaug, cfg.r1_gamma, labels, cfg.aux_coef,
-                                             fake_cond)
+                                             fake_cond, aug_p, cfg.recon_coef, cfg.ma_gp)
     d_loss.backward()
     nets.opt_D.step()
 
@@ -504,12 +524,55 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
     with autocast(dev, bf16):
         g_loss, g_stats = generator_loss(nets.D_for_G, fake, fake_cond, mu, logvar, cfg.kl_coef,
                                          cfg.loss, cfg.diffaug, g_labels, cfg.aux_coef, z,
-                                         cfg.ms_coef)
+                                         cfg.ms_coef, aug_p)
     g_loss.backward()
     nets.opt_G.step()
     if nets.ema_G is not None:
         accumulate(nets.ema_G, nets.raw_G, ema_decay(cfg.ema_decay, step))
-    return {**d_stats, **g_stats}
+    stats = {**d_stats, **g_stats}
+    if nets.ada is not None:
+        stats["aug_p"] = nets.ada.p  # the probability this step used
+        nets.ada.update(d_stats["d_real_sign"])
+    return stats
+
+
+def adaptive_p(cfg: Config, device) -> "AdaptiveP | None":
+    """The adaptive DiffAugment probability of a run, or None when it is fixed (aug_p)."""
+    return AdaptiveP(cfg, device) if cfg.diffaug and cfg.ada_target > 0 else None
+
+
+class AdaptiveP:
+    """ADA's adaptive augmentation probability (Karras et al., 2020): every `interval`
+    steps, r = E[sign D(real)] over those steps is compared with the target; p moves up
+    when D calls more real images real than that (it is memorising them), down when
+    fewer, by batch * interval / (ada_kimg * 1000), so that it can cross [0, 1] in
+    ada_kimg thousand images. p lives on the device: no step waits for the host."""
+
+    interval = 4
+
+    def __init__(self, cfg: Config, device):
+        self.target, self.speed = cfg.ada_target, cfg.batch_size * self.interval / (cfg.ada_kimg * 1000)
+        self.p = torch.zeros((), device=device)
+        self.signs, self.n = torch.zeros((), device=device), 0
+
+    def update(self, real_sign: torch.Tensor):
+        self.signs = self.signs + real_sign.float()
+        self.n += 1
+        if self.n == self.interval:
+            r = dist.all_mean(self.signs / self.n)
+            self.p = (self.p + torch.sign(r - self.target) * self.speed).clamp(0, 1)
+            self.signs, self.n = torch.zeros_like(self.signs), 0
+
+    def state_dict(self) -> dict:
+        return {"p": float(self.p), "signs": float(self.signs), "n": self.n}
+
+    def load_state_dict(self, state: dict):
+        p, signs, n = state["p"], state["signs"], state["n"]
+        if not (isinstance(n, int) and 0 <= n < self.interval and 0 <= p <= 1
+                and math.isfinite(signs)):
+            raise ValueError(f"augment state out of range: {state!r:.80}")
+        self.p = torch.tensor(float(p), device=self.p.device)
+        self.signs, self.n = torch.tensor(float(signs), device=self.p.device), n
 
 
 def paired_index(n: int, device) -> torch.Tensor:

@@ -209,45 +209,69 @@ def _g_term(logits: torch.Tensor, loss: str) -> torch.Tensor:
     return -logits.float().mean() if loss == "hinge" else _bce(logits, 1.0)
 
 
-def diff_augment(x: torch.Tensor, policy: str) -> torch.Tensor:
+def _aug_color(x: torch.Tensor) -> torch.Tensor:
+    """Random brightness, saturation and contrast per image."""
+    b, dev = x.size(0), x.device
+    x = x + (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) * 2) + mean
+    mean = x.mean(dim=[1, 2, 3], keepdim=True)
+    return (x - mean) * (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) + 0.5) + mean
+
+
+def _aug_translation(x: torch.Tensor) -> torch.Tensor:
+    """A random shift of up to 1/8 of the side per image, the uncovered border zero."""
+    b, dev = x.size(0), x.device
+    h, w = x.shape[2:]
+    sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+    ty = torch.randint(-sh, sh + 1, (b, 1, 1), device=dev)
+    tx = torch.randint(-sw, sw + 1, (b, 1, 1), device=dev)
+    gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev),
+                            indexing="ij")
+    gy = (gy[None] + ty + 1).clamp(0, h + 1)
+    gx = (gx[None] + tx + 1).clamp(0, w + 1)
+    padded = F.pad(x, [1, 1, 1, 1])
+    idx = (gy * (w + 2) + gx).view(b, 1, -1).expand(-1, x.size(1), -1)
+    return padded.flatten(2).gather(2, idx).view_as(x)
+
+
+def _aug_cutout(x: torch.Tensor) -> torch.Tensor:
+    """A square of half the side, at a random place per image, set to zero."""
+    b, dev = x.size(0), x.device
+    h, w = x.shape[2:]
+    ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
+    oy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=dev) - ch // 2
+    ox = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=dev) - cw // 2
+    gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev),
+                            indexing="ij")
+    inside = ((gy[None] >= oy) & (gy[None] < oy + ch) & (gx[None] >= ox) & (gx[None] < ox + cw))
+    return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+_AUGMENTS = {"color": _aug_color, "translation": _aug_translation, "cutout": _aug_cutout}
+
+
+def diff_augment(x: torch.Tensor, policy: str, p=1.0) -> torch.Tensor:
     """Differentiable augmentation (Zhao et al., 2020) of a batch in [-1, 1]: the same
     kind of random change is applied to real and generated images before D sees them,
     so D cannot memorise a small training set and G is not pushed to copy the changes.
-    policy: comma-separated subset of color, translation, cutout."""
+    policy: comma-separated subset of color, translation, cutout. `p` (a number or a
+    0-dim tensor, e.g. ADA's adaptive probability): each op changes each image with this
+    probability; at the number 1 every image is changed and no extra draw is made."""
     if not policy:
         return x
-    b, dev = x.size(0), x.device
-    for p in policy.split(","):
-        p = p.strip()
-        if p == "color":
-            x = x + (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) - 0.5)
-            mean = x.mean(dim=1, keepdim=True)
-            x = (x - mean) * (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) * 2) + mean
-            mean = x.mean(dim=[1, 2, 3], keepdim=True)
-            x = (x - mean) * (torch.rand(b, 1, 1, 1, device=dev, dtype=x.dtype) + 0.5) + mean
-        elif p == "translation":
-            h, w = x.shape[2:]
-            sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
-            ty = torch.randint(-sh, sh + 1, (b, 1, 1), device=dev)
-            tx = torch.randint(-sw, sw + 1, (b, 1, 1), device=dev)
-            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev),
-                                    indexing="ij")
-            gy = (gy[None] + ty + 1).clamp(0, h + 1)
-            gx = (gx[None] + tx + 1).clamp(0, w + 1)
-            padded = F.pad(x, [1, 1, 1, 1])
-            idx = (gy * (w + 2) + gx).view(b, 1, -1).expand(-1, x.size(1), -1)
-            x = padded.flatten(2).gather(2, idx).view_as(x)
-        elif p == "cutout":
-            h, w = x.shape[2:]
-            ch, cw = int(h * 0.5 + 0.5), int(w * 0.5 + 0.5)
-            oy = torch.randint(0, h + (1 - ch % 2), (b, 1, 1), device=dev) - ch // 2
-            ox = torch.randint(0, w + (1 - cw % 2), (b, 1, 1), device=dev) - cw // 2
-            gy, gx = torch.meshgrid(torch.arange(h, device=dev), torch.arange(w, device=dev),
-                                    indexing="ij")
-            inside = ((gy[None] >= oy) & (gy[None] < oy + ch) & (gx[None] >= ox) & (gx[None] < ox + cw))
-            x = x * (~inside).unsqueeze(1).to(x.dtype)
-        elif p:
-            raise UserError(f"--diffaug: unknown policy {p!r} (use color, translation, cutout)")
+    for name in policy.split(","):
+        name = name.strip()
+        if not name:
+            continue
+        if name not in _AUGMENTS:
+            raise UserError(f"--diffaug: unknown policy {name!r} (use color, translation, cutout)")
+        y = _AUGMENTS[name](x)
+        if isinstance(p, (int, float)) and p >= 1:
+            x = y
+        else:
+            keep = torch.rand(x.size(0), 1, 1, 1, device=x.device) < p
+            x = torch.where(keep, y, x)
     return x
 
 
@@ -265,7 +289,7 @@ def attribute_loss(aux, labels) -> torch.Tensor:
 
 def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug: str = "",
                        r1_gamma: float = 0.0, labels=None, aux_coef: float = 0.0,
-                       fake_cond=None):
+                       fake_cond=None, aug_p=1.0, recon_coef: float = 0.0, ma_gp: float = 0.0):
     """StackGAN matching-aware D loss.
 
     real + matching text -> real; wrong image + this text -> fake; generated + text ->
@@ -276,17 +300,26 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
     `aux_coef` > 0 adds the attribute cross-entropy of the real images (`labels`: kind,
     colour, pattern per image) when D has auxiliary heads. `fake_cond`: the generated
     images' text when it is not `cond` (a mode-seeking batch draws captions twice).
+    `aug_p`: the probability of each DiffAugment op (a 0-dim tensor when adaptive).
+    `recon_coef` > 0 adds the L1 of D's reconstructions of the (augmented) real images
+    (FastGAN); `ma_gp` > 0 adds DF-GAN's matching-aware gradient penalty
+    ma_gp * E|(grad_x, grad_text) D(x, text)|^6 on real images with their own text.
     Returns (loss, stats): stats are detached 0-dim tensors on the loss's device, so
-    that no step waits for the device; read them only when logging.
+    that no step waits for the device; read them only when logging. stats["d_real_sign"]
+    is E[sign D(real)], the overfitting measure r of ADA.
     """
     cond = cond.detach()
     fake_cond = cond if fake_cond is None else fake_cond.detach()
-    real_in = diff_augment(real, diffaug)
-    if r1_gamma > 0:
+    real_in = diff_augment(real, diffaug, aug_p)
+    if r1_gamma > 0 or ma_gp > 0:
         real_in = real_in.detach().requires_grad_(True)
-    real_c, real_u, real_a = netD(real_in, cond)
-    wrong_c, _, _ = netD(diff_augment(wrong, diffaug), cond)
-    fake_c, fake_u, _ = netD(diff_augment(fake.detach(), diffaug), fake_cond)
+    real_cond = cond.detach().requires_grad_(True) if ma_gp > 0 else cond
+    if recon_coef > 0:
+        real_c, real_u, real_a, l_rec = netD(real_in, real_cond, recon=True)
+    else:
+        real_c, real_u, real_a = netD(real_in, real_cond)
+    wrong_c, _, _ = netD(diff_augment(wrong, diffaug, aug_p), cond)
+    fake_c, fake_u, _ = netD(diff_augment(fake.detach(), diffaug, aug_p), fake_cond)
     l_real, l_wrong = _d_term(real_c, True, loss), _d_term(wrong_c, False, loss)
     l_fake = _d_term(fake_c, False, loss)
     if real_u is not None:
@@ -295,7 +328,18 @@ def discriminator_loss(netD, real, wrong, fake, cond, loss: str = "bce", diffaug
     total = l_real + 0.5 * (l_wrong + l_fake)
     stats = {"d_real": l_real, "d_wrong": l_wrong, "d_fake": l_fake,
              "d_real_prob": torch.sigmoid(real_c.float()).mean(),
-             "d_fake_prob": torch.sigmoid(fake_c.float()).mean()}
+             "d_fake_prob": torch.sigmoid(fake_c.float()).mean(),
+             "d_real_sign": torch.sign(real_c.detach().float()).mean()}
+    if recon_coef > 0:
+        total = total + recon_coef * l_rec
+        stats["d_recon"] = l_rec
+    if ma_gp > 0:
+        g_img, g_txt = torch.autograd.grad(real_c.float().sum(), (real_in, real_cond),
+                                           create_graph=True)
+        sq = g_img.float().pow(2).flatten(1).sum(1) + g_txt.float().pow(2).flatten(1).sum(1)
+        l_gp = sq.pow(3).mean()  # |grad|^6, without the square root's kink at zero
+        total = total + ma_gp * l_gp
+        stats["ma_gp"] = l_gp
     if aux_coef > 0 and real_a is not None and labels is not None:
         l_aux = attribute_loss(real_a, labels)
         total = total + aux_coef * l_aux
@@ -328,12 +372,13 @@ def mode_seeking_loss(fake: torch.Tensor, z: torch.Tensor, size: int = 16,
 
 def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bce",
                    diffaug: str = "", labels=None, aux_coef: float = 0.0, z=None,
-                   ms_coef: float = 0.0):
+                   ms_coef: float = 0.0, aug_p=1.0):
     """Fool D (conditional, plus unconditional when present) + kl_coef * KL, plus
     aux_coef * the attribute cross-entropy of the generated images against their
     captions' `labels` when D has auxiliary heads, plus ms_coef * mode_seeking_loss of
-    `fake` drawn from noise `z` (rows i and i + n // 2 share a caption) when ms_coef > 0."""
-    fake_c, fake_u, fake_a = netD(diff_augment(fake, diffaug), cond.detach())
+    `fake` drawn from noise `z` (rows i and i + n // 2 share a caption) when ms_coef > 0.
+    `aug_p`: DiffAugment's probability, as in discriminator_loss."""
+    fake_c, fake_u, fake_a = netD(diff_augment(fake, diffaug, aug_p), cond.detach())
     l_adv = _g_term(fake_c, loss)
     if fake_u is not None:
         l_adv = l_adv + _g_term(fake_u, loss)
@@ -439,7 +484,7 @@ def copy_file(src, dst) -> Path:
 # the entries of a training checkpoint; a generator needs the first two (and
 # stage1_config for Stage II), resuming a training run needs RESUME_KEYS too
 CHECKPOINT_KEYS = ("netG", "config", "netD", "netG_ema", "optG", "optD", "schedG", "schedD",
-                   "epoch", "batch", "step", "rng", "wandb_id", "stage1_config")
+                   "epoch", "batch", "step", "rng", "wandb_id", "stage1_config", "augment")
 RESUME_KEYS = ("netD", "optG", "optD", "schedG", "schedD", "epoch", "step")
 
 
