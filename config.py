@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -216,12 +217,19 @@ class Config:
         return Path(self.data_dir if self.data_dir else self.builtin_dir)
 
     def resolved_cache_dir(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else self.resolved_data_dir() / "cache"
+        """--cache_dir, else DATA_DIR/cache, or side_cache_dir for a read-only DATA_DIR."""
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        data = self.resolved_data_dir()
+        return side_cache_dir(data) if read_only_dir(data) else data / "cache"
 
     def resolved_embeddings_path(self) -> Path:
+        """--embeddings_path, else DATA_DIR/embeddings.pickle (beside the image cache for a
+        read-only DATA_DIR)."""
         if self.embeddings_path:
             return Path(self.embeddings_path)
-        return self.resolved_data_dir() / "embeddings.pickle"
+        data = self.resolved_data_dir()
+        return (side_cache_dir(data) if read_only_dir(data) else data) / "embeddings.pickle"
 
     def resolved_wandb_mode(self) -> str:
         """--wandb, else WANDB_MODE, else online with WANDB_API_KEY and offline without."""
@@ -258,6 +266,24 @@ class Config:
     def from_dict(cls, d: dict) -> "Config":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def read_only_dir(path: Path) -> bool:
+    """True for an existing folder that cannot take new files: not permitted, or marked
+    read-only (no write bit for anyone; root's own permission checks ignore that mark)."""
+    try:
+        return path.is_dir() and not (os.access(path, os.W_OK) and path.stat().st_mode & 0o222)
+    except OSError:
+        return False
+
+
+def side_cache_dir(data_dir: Path) -> Path:
+    """Where the caches of a read-only data folder go:
+    $XDG_CACHE_HOME (or ~/.cache)/fashion-stackgan/<folder name>-<hash of its path>."""
+    data_dir = Path(data_dir).resolve()
+    home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    tag = hashlib.sha256(str(data_dir).encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return home / "fashion-stackgan" / f"{data_dir.name}-{tag}"
 
 
 # ------------------------------------------------------------------ value checks

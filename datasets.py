@@ -568,6 +568,8 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
         index["skipped"] = dict(skipped + Counter(index.get("decode_skipped", {})))
         index["images_path"], index["caption_file"] = str(npy), captions
         return index
+    if progress and cfg.cache_dir is None and cache_dir.parent != data_dir:
+        print(f"note: {data_dir} is read-only; its caches go to {cache_dir}")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

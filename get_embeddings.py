@@ -197,10 +197,12 @@ def build_parser() -> CliParser:
     p.add_argument("--text_model", default=DEFAULT_TEXT_MODEL, type=flag_type(TEXT),
                    help="SentenceTransformer name or path (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--out", default=None, type=flag_type(PATH),
-                   help="cache path (default: DATA_DIR/embeddings.pickle)")
+                   help="cache path (default: DATA_DIR/embeddings.pickle, or beside the image "
+                        "cache when DATA_DIR is read-only)")
     p.add_argument("--batch_size", type=flag_type(whole(1, 65536)), default=256)
     p.add_argument("--cache_dir", default=None, type=flag_type(PATH),
-                   help="image cache (default: DATA_DIR/cache)")
+                   help="image cache (default: DATA_DIR/cache; for a read-only DATA_DIR "
+                        "~/.cache/fashion-stackgan/<name>-<hash>)")
     return p
 
 
@@ -214,7 +216,7 @@ def main(argv=None) -> int:
         index = datasets.prepare(cfg, 64)
         captions, texts = index["caption_file"], datasets.caption_texts(index)
         bad = index["skipped"].get(datasets.BAD_CAPTION, 0)
-        out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
+        out = Path(args.out) if args.out else cfg.resolved_embeddings_path()
         cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
         print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment "
               f"samples x {cache['dim']} dims"

@@ -255,3 +255,32 @@ def test_photos_preset_has_its_stage2_values():
     assert s2 == Config(data_dir="d", stage=2, **{**PHOTOS_PRESET, **PHOTOS_STAGE2})
     assert "ada_target" in PHOTOS_PRESET or "diffaug" in PHOTOS_PRESET
     assert settle("--train", "y", "--stage", "2", "--preset", "photos", "--gf_dim", "8").gf_dim == 8
+
+
+def test_a_read_only_photo_folder_trains_with_its_caches_elsewhere(dfmm, tmp_path, monkeypatch,
+                                                                    capsys):
+    """The photo recipe's commands name ../shared/data/clothing-small, a read-only folder:
+    its image cache and caption vectors go to the user's cache folder, nothing is written
+    into it, and Stage II finds them again."""
+    root, _ = dfmm
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    modes = {p: p.stat().st_mode for p in [root, *root.rglob("*")]}
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    try:
+        args = ["--data_dir", str(root), "--out_dir", str(tmp_path / "o"), "--wandb", "disabled",
+                "--stage1_size", "16", "--stage2_size", "64", "--gf_dim", "4", "--df_dim", "4",
+                "--batch_size", "8", "--epochs", "1", "--r_num", "1", "--n_samples", "2"]
+        assert main.main(["--train", "y", "--stage", "1"] + args) == 0
+        assert main.main(["--train", "y", "--stage", "2", "--max_steps", "1"] + args) == 0
+        out = capsys.readouterr().out
+        assert "is read-only; its caches go to" in out
+        side = Config(data_dir=str(root)).resolved_cache_dir()
+        assert side.is_relative_to(tmp_path / "xdg" / "fashion-stackgan")
+        assert (side / "images_16.npy").is_file() and (side / "images_64.npy").is_file()
+        assert (side / "embeddings.pickle").is_file()
+        assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
