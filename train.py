@@ -426,7 +426,6 @@ class Snapshots:
         self.log.log_image(step, self.out / "samples" / f"{tag}.png")
         self.log.flush()
 
-
     def check_room(self, ckpt: dict, tag: str, copies: int):
         """Stop with a one-line error, before anything is written, when the disk lacks
         room for `copies` checkpoints (the tagged copy and last.pt) of the size of the
@@ -457,11 +456,16 @@ class Snapshots:
         gone = older[max(0, self.cfg.keep_checkpoints - is_epoch):]
         if written is None or is_epoch:
             gone += [p for p in [folder / "interrupted.pt"] if p.is_file()]
+        removed = []
         for p in gone:
             try:
                 p.unlink()
+                removed.append(p.name)
             except OSError as e:
                 print(f"note: could not remove the old checkpoint {p} ({e.strerror or e})")
+        if removed:
+            print(f"removed {', '.join(removed)} from {folder} (--keep_checkpoints "
+                  f"{self.cfg.keep_checkpoints} keeps the newest epoch checkpoints)")
 
 
 def close_log(log: LossLog, failing: bool):

@@ -362,9 +362,11 @@ _NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def human_bytes(n: float) -> str:
-    """A size in the units a disk is read in: 512 B, 3.4 MB, 1.23 GB."""
+    """A size in the units a disk is read in: 512 B, 20.5 kB, 3.4 MB, 1.23 GB."""
     if n < 1e3:
         return f"{int(n)} B"
+    if n < 1e6:
+        return f"{n / 1e3:.1f} kB"
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 import app
+import datasets
 import evaluate
 import get_embeddings
 import main
@@ -84,6 +85,7 @@ class SimulatedDisk:
 
         monkeypatch.setattr(utils, "_open_for_writing", open_for_writing)
         monkeypatch.setattr(utils, "reserve", reserve)
+        monkeypatch.setattr(datasets, "reserve", reserve)
         monkeypatch.setattr(utils, "free_bytes", free_bytes)
         monkeypatch.setattr(train, "free_bytes", free_bytes)
 
@@ -159,18 +161,18 @@ def no_temporary_files(root: Path) -> bool:
     return not [p for p in root.rglob("*") if p.name.endswith(".tmp")]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A tiny DFMM folder (18 samples: two steps an epoch at batch 8), its caches built."""
-    root = tmp_path_factory.mktemp("disk_data")
-    write_dfmm(root / "data", per_category=1)
-    args = tiny_args(root / "data", root / "warm", cache_dir=root / "cache")
-    assert main.main(["--train", "y", "--max_steps", "1"] + args) == 0
-    return root
-
-
 def run_args(data: Path, out: Path, *extra) -> list:
     return ["--train", "y"] + tiny_args(data / "data", out, cache_dir=data / "cache") + list(extra)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny DFMM folder (18 samples: two steps an epoch at batch 8), its caches, and a
+    one-epoch Stage-I run of it in run1/ (checkpoints/epoch_0001.pt and last.pt)."""
+    root = tmp_path_factory.mktemp("disk_data")
+    write_dfmm(root / "data", per_category=1)
+    assert main.main(run_args(root, root / "run1", "--epochs", "1", "--ema_decay", "0.9")) == 0
+    return root
 
 
 # ------------------------------------------------------------- the one writer
@@ -233,7 +235,7 @@ def test_a_file_where_a_folder_should_be(tmp_path, capsys, monkeypatch, dfmm):
 
 
 def test_full_disk_during_the_image_and_embedding_caches(data, small_disk, capsys):
-    disk = small_disk(1 << 14)
+    disk = small_disk(1 << 13)  # the 16 px images take 14 kB, their captions' vectors 34 kB
     args = run_args(data, data / "o_cache", "--max_steps", "1")
     rc = main.main(args + ["--cache_dir", str(disk.root / "cache")])
     line = last_error(capsys)
@@ -249,7 +251,7 @@ def test_full_disk_during_the_image_and_embedding_caches(data, small_disk, capsy
 
 
 def test_full_disk_on_the_page_is_a_message_and_leaves_no_request_folder(small_disk):
-    disk = small_disk(1 << 14)
+    disk = small_disk(1 << 12)  # 16 images of 16 px take 7 kB, their zip 9 kB
     torch.manual_seed(0)
     cfg = Config(stage=1, stage1_size=16, stage2_size=64, gf_dim=4, df_dim=4, r_num=1)
     drawer = sample.Drawer(Stage1_G(cfg), cfg, "cpu")
@@ -266,12 +268,9 @@ def test_full_disk_on_the_page_is_a_message_and_leaves_no_request_folder(small_d
 
 def test_full_disk_in_training_keeps_the_last_checkpoint_and_resumes(data, small_disk, capsys,
                                                                      monkeypatch):
-    out = data / "o_full"
-    assert main.main(run_args(data, out, "--epochs", "1")) == 0
-    last = out / "stage1" / "last.pt"
-    size = last.stat().st_size
+    size = (data / "run1" / "stage1" / "last.pt").stat().st_size
     disk = small_disk(int(2.6 * size))  # last.pt and epoch_0001.pt, and half a checkpoint
-    shutil.copytree(out, disk.root / "out")
+    shutil.copytree(data / "run1", disk.root / "out")
     out, last = disk.root / "out", disk.root / "out" / "stage1" / "last.pt"
     good = last.read_bytes()
     args = run_args(data, out, "--epochs", "2", "--resume", "auto")
@@ -304,19 +303,21 @@ def test_full_disk_in_training_keeps_the_last_checkpoint_and_resumes(data, small
     assert state["epoch"] == 2 and state["step"] == 4 and tagged.is_file()  # two steps an epoch
 
 
-def test_keep_checkpoints_bounds_the_tagged_copies(data, capsys):
-    out = data / "o_keep"
+def test_keep_checkpoints_bounds_the_tagged_copies(data, tmp_path, capsys):
+    out = tmp_path / "out"
+    shutil.copytree(data / "run1", out)
     stage = out / "stage1"
-    assert main.main(run_args(data, out, "--epochs", "3", "--max_steps", "3")) == 0
     names = lambda: sorted(p.name for p in (stage / "checkpoints").iterdir())  # noqa: E731
-    assert names() == ["epoch_0001.pt", "interrupted.pt"]  # stopped in epoch 2
-    assert main.main(run_args(data, out, "--epochs", "4", "--resume", "auto")) == 0
+    assert main.main(run_args(data, out, "--epochs", "3", "--resume", "auto",
+                              "--max_steps", "3")) == 0
+    assert names() == ["epoch_0001.pt", "interrupted.pt"]  # stopped inside epoch 2
+    assert main.main(run_args(data, out, "--epochs", "3", "--resume", "auto")) == 0
     # the default keeps two; interrupted.pt went with the first epoch checkpoint after it
-    assert names() == ["epoch_0003.pt", "epoch_0004.pt"]
-    assert (stage / "checkpoints" / "epoch_0004.pt").read_bytes() == (stage / "last.pt").read_bytes()
-    assert main.main(run_args(data, out, "--epochs", "5", "--resume", "auto",
+    assert names() == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert (stage / "checkpoints" / "epoch_0003.pt").read_bytes() == (stage / "last.pt").read_bytes()
+    assert main.main(run_args(data, out, "--epochs", "4", "--resume", "auto",
                               "--keep_checkpoints", "0")) == 0
-    assert names() == [] and load_checkpoint(stage / "last.pt", resume=True)["epoch"] == 5
+    assert names() == [] and load_checkpoint(stage / "last.pt", resume=True)["epoch"] == 4
     assert main.main(run_args(data, out, "--keep_checkpoints", "-1")) == 2
     assert "--keep_checkpoints: must be from 0 to 100000, got -1" in capsys.readouterr().err
 
@@ -325,12 +326,10 @@ def test_keep_checkpoints_bounds_the_tagged_copies(data, capsys):
 
 @pytest.fixture(scope="module")
 def exported(data):
-    """A one-epoch Stage-I run and its exported generator."""
-    out = data / "o_export"
-    assert main.main(run_args(data, out, "--epochs", "1", "--ema_decay", "0.9")) == 0
-    ckpt = out / "stage1" / "last.pt"
-    assert main.main(["--export", str(data / "shared" / "g.pt"), "--out_dir", str(out)]) == 0
-    return ckpt, data / "shared" / "g.pt"
+    """The one-epoch Stage-I run's checkpoint and its exported generator."""
+    shared = data / "shared" / "g.pt"
+    assert main.main(["--export", str(shared), "--out_dir", str(data / "run1")]) == 0
+    return data / "run1" / "stage1" / "last.pt", shared
 
 
 def pngs(folder: Path):
