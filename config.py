@@ -193,6 +193,9 @@ class Config:
     # run this many minutes (0: no time limit)
     max_minutes: float = 0.0
     snapshot_interval: int = 10  # epochs between checkpoints and sample grids
+    # epoch_*.pt kept in checkpoints/ besides last.pt: older ones are removed once a new one
+    # is safely written (0: only last.pt is written; interrupted.pt goes with the next one)
+    keep_checkpoints: int = 2
     log_interval: int = 10  # steps between log rows
     seed: int = 0
     out_dir: str = "output"
@@ -445,7 +448,8 @@ FIELD_RULES = {
     "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
     "s2_output": one_of("redraw", "residual"), "skip_excitation": Rule(bool),
     "max_steps": whole(0), "max_minutes": number(0, 1e7),
-    "snapshot_interval": whole(1), "log_interval": whole(1),
+    "snapshot_interval": whole(1), "keep_checkpoints": whole(0, 100_000),
+    "log_interval": whole(1),
     "seed": SEED, "out_dir": TEXT, "device": DEVICE, "num_threads": NUM_THREADS,
     "amp": one_of("auto", "on", "off"), "channels_last": Rule(bool), "tf32": Rule(bool),
     "compile": Rule(bool), "wandb_project": Rule(str, test=_wandb_project_problem),
