@@ -27,8 +27,9 @@ Each image is decoded once into an on-disk uint8 cache per resolution
 memory map and augments on tensors (flip, small shift/zoom).
 
 The file is longer than the others because a real photo folder needs it: the kind
-filter, the parsing-map crops, colour and pattern naming and the caption rules are
-what turn DFMM's outfit photos into five-kind samples, and they belong together.
+filter, the parsing-map crops and the colour measurement are what turn DFMM's outfit
+photos into five-kind samples, and they belong together. The words of the captions
+(the vocabulary, the sentences kept per garment, the short forms) are in captions.py.
 """
 from __future__ import annotations
 
@@ -52,17 +53,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
-from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATH, PATTERN_ALIASES, PATTERNS,
-                    TEXT, CliParser, Config, flag_type, power_of_two, whole)
+from captions import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATTERN_ALIASES, PATTERNS,
+                      derive_captions, normalise_kind)
+from config import PATH, TEXT, CliParser, Config, flag_type, power_of_two, whole
 from utils import UserError, _atomic_write, clean_text, first_line, read_json, run_cli
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
 COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size
 NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_\d+")
-KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt", "tee": "t-shirt",
-                "t-shirts": "t-shirt", "dress": "dress", "dresses": "dress", "pants": "pants",
-                "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
-                "footwear": "shoes"}
 CACHE_VERSION = 3  # 3: photos with an EXIF orientation are cached upright
 BAD_CAPTION = "empty or non-text caption"  # the skip count of captions.json's unusable entries
 
@@ -86,10 +84,6 @@ def read_captions(data_dir) -> tuple[dict, int]:
     good = {clean_text(k): " ".join(clean_text(v).split()) for k, v in raw.items()
             if isinstance(v, str) and v.strip()}
     return good, len(raw) - len(good)
-
-
-def normalise_kind(category: str):
-    return KIND_ALIASES.get(str(category).strip().lower().replace(" ", "-"))
 
 
 def read_labels_csv(data_dir) -> dict | None:
@@ -134,56 +128,11 @@ def segm_path(data_dir, image_name: str) -> Path:
     return Path(data_dir) / "segm" / (Path(image_name).stem + "_segm.png")
 
 
-# --------------------------------------------------------------------- garment captions
+# ----------------------------------------------------------- garment colours and texture
 #
-# A DFMM caption describes the whole outfit; a training sample is one garment's crop.
-# Each sample's captions are derived from the photo's caption and the garment's own
-# pixels: the caption's sentences about that garment, a sentence naming its colour
-# (measured from its parsing region, or the garment pixels of the crop, unless those
-# sentences already name one), its pattern and fabric from labels/texture when the
-# sentences lack them, plus short forms such as "a red floral dress". Training draws
-# one of them per step, so that a short typed prompt is as much in distribution as a
-# long DFMM sentence.
-
-# garment nouns -> the part of the outfit a sentence is about
-_GROUP_WORDS = {
-    "dress": r"dress(?:es)?|gown|jumpsuit|romper",
-    "upper": r"t-shirts?|tee|tees|shirts?|tops?|tanks?|sweaters?|blouses?|jumpers?|hoodies?|"
-             r"sweatshirts?|vests?|camisoles?|polos?",
-    "lower": r"pants|trousers|jeans|leggings|shorts|skirts?|joggers|tights",
-    "outer": r"jackets?|coats?|cardigans?|blazers?|outer clothing",
-    "footwear": r"shoes?|sneakers?|boots?|footwear|heels|sandals?|loafers?|slippers?",
-    "accessory": r"hats?|caps?|glasses|sunglasses|rings?|bracelets?|watch|belts?|scarf|"
-                 r"necklaces?|neckwear|bags?|socks|wrist|finger|accessor(?:y|ies)",
-}
-_GROUP_RE = {g: re.compile(r"\b(?:" + w + r")\b", re.I) for g, w in _GROUP_WORDS.items()}
-# which parts of the outfit describe each kind's crop, in order of preference
-KIND_GROUPS = {"t-shirt": ("upper",), "dress": ("dress", "upper"), "pants": ("lower",),
-               "leggings": ("lower",), "shoes": ("footwear",)}
-KIND_NOUN = {"t-shirt": "T-shirt", "dress": "dress", "pants": "pants", "leggings": "leggings",
-             "shoes": "shoes"}
-_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
-
-
-def _word_finder(names, aliases):
-    """A function text -> the first of `names` or `aliases` in it (as a name), or None."""
-    rx = re.compile(r"\b(" + "|".join(sorted([*names, *aliases], key=len, reverse=True)) + r")\b",
-                    re.I)
-
-    def find(text: str):
-        m = rx.search(text)
-        return None if m is None else aliases.get(m.group(1).lower(), m.group(1).lower())
-    return find
-
-
-# the first colour word of a text as a vocabulary name ('gray' -> 'grey'), or None
-find_colour = _word_finder(COLOURS, COLOUR_ALIASES)
-# the first pattern word of a text as a PATTERNS name ('checked' -> 'lattice'), or None
-find_pattern = _word_finder(PATTERNS, PATTERN_ALIASES)
-_FABRIC_RE = re.compile(r"\b(" + "|".join(f for f in FABRICS if f != "other") + r")\b", re.I)
-# pattern_ann.txt / fabric_ann.txt columns (upper, lower, outer): which one each kind reads
-_TEXTURE_COLUMN = {"t-shirt": 0, "dress": 0, "pants": 1, "leggings": 1}
-
+# A sample's captions (captions.derive_captions) name its colour as measured here, from
+# the garment's own pixels, and its pattern and fabric from DFMM's texture labels when
+# the photo's sentences do not say them.
 
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) sRGB 0-255 -> CIELAB (D65)."""
@@ -238,23 +187,6 @@ def garment_pixels(crop: np.ndarray) -> np.ndarray:
     return crop[mask]
 
 
-def garment_sentences(caption: str, kind: str) -> list[str]:
-    """The sentences of an outfit caption about the garment of `kind`. A sentence that
-    names no garment ("It has a round neckline.") belongs to the one before it."""
-    picked, group = {}, None
-    for sent in (s.strip() for s in _SENTENCE_RE.split(caption)):
-        if not sent:
-            continue
-        hits = [(m.start(), g) for g, rx in _GROUP_RE.items() for m in [rx.search(sent)] if m]
-        if hits:
-            group = min(hits)[1]
-        picked.setdefault(group, []).append(sent)
-    for g in KIND_GROUPS[kind]:
-        if picked.get(g):
-            return picked[g]
-    return []
-
-
 def read_texture_labels(data_dir) -> dict:
     """{image: {"pattern": name or None, "fabric": name or None, per column}} from DFMM's
     labels/texture/{pattern,fabric}_ann.txt (`<image> upper lower outer`, code 7 = NA);
@@ -275,48 +207,6 @@ def read_texture_labels(data_dir) -> dict:
             out.setdefault(parts[0], {})[what] = [names[int(p)] if int(p) < len(names) else None
                                                   for p in parts[1:]]
     return out
-
-
-def derive_captions(kind: str, caption: str, colour: str, texture: dict | None = None) -> dict:
-    """A garment sample's training captions and attributes.
-
-    kind: the sample's kind; caption: the photo's (outfit) caption; colour: the name
-    measured from the garment's pixels (used unless its sentences name one); texture:
-    this photo's read_texture_labels entry. Returns {"captions": [long, short, ...],
-    "colour", "pattern" (or None), "fabric" (or None)}; deterministic."""
-    sents = garment_sentences(caption, kind)
-    text = " ".join(sents)
-    col = _TEXTURE_COLUMN.get(kind)
-    named = find_colour(text)
-    colour = named or colour
-    pattern = find_pattern(text)
-    fabric = (m.group(1).lower() if (m := _FABRIC_RE.search(text)) else None)
-    if texture and col is not None:
-        pattern = pattern or (texture.get("pattern") or [None] * 3)[col]
-        fabric = fabric or (texture.get("fabric") or [None] * 3)[col]
-    noun = KIND_NOUN[kind]
-    if not sents:
-        sents = [f"A pair of {colour} shoes." if kind == "shoes" else f"A {colour} {noun}."]
-    elif not named:
-        verb = "are" if kind in ("pants", "leggings", "shoes") else "is"
-        sents = sents[:1] + [f"The {noun} {verb} {colour}."] + sents[1:]
-    if pattern and not find_pattern(" ".join(sents)):
-        sents.append(f"It has {pattern} patterns.")
-    if fabric and fabric != "other" and not _FABRIC_RE.search(" ".join(sents)):
-        sents.append(f"It is with {fabric} fabric.")
-    adj = {None: "", "pure color": "", "color block": "color-block ",
-           "lattice": "plaid "}.get(pattern, f"{pattern} ")
-    if kind in ("pants", "leggings", "shoes"):
-        article = "a pair of "
-    else:
-        article = "an " if colour[0] in "aeiou" else "a "
-    short = [f"{article}{colour} {adj}{noun}"]
-    if pattern:
-        short.append(f"{colour} {noun} with {pattern} patterns")
-    else:
-        short.append(f"{colour} {noun}")
-    return {"captions": [" ".join(sents)] + short, "colour": colour, "pattern": pattern,
-            "fabric": fabric}
 
 
 @dataclass

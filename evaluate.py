@@ -6,8 +6,8 @@
 Textbook FID needs Inception weights, which this repo cannot download. Instead the
 repo trains its own judge, the *garment feature net*: a small CNN fitted once per
 dataset on the real TRAINING images at 64 px to predict each image's garment kind
-(config.KINDS), colour (the sample's `data.colours[i]`, a name of config.COLOURS) and
-pattern (`data.patterns[i]`, a name of config.PATTERNS; samples without one are
+(captions.KINDS), colour (the sample's `data.colours[i]`, a name of captions.COLOURS) and
+pattern (`data.patterns[i]`, a name of captions.PATTERNS; samples without one are
 ignored by that head). These are the dataset's own attributes, the ones its captions
 are derived from, so caption text is never parsed here. The net never sees generated
 images and knows nothing about the generator, so it scores every generator the same
@@ -84,8 +84,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import (COLOURS, DEVICE, FIELD_RULES, KINDS, PATH, PATTERNS, SEED, TEXT, CliParser,
-                    Config, flag_type, whole)
+from captions import COLOURS, KINDS, PATTERNS
+from config import DEVICE, FIELD_RULES, PATH, SEED, TEXT, CliParser, Config, flag_type, whole
 from datasets import attribute_ids, augment, prepare
 from get_embeddings import load_data
 import sample
@@ -102,7 +102,7 @@ HOLDOUT_FRACTION = 0.1
 FD_SPLIT_SEED = 12345  # the FD halves are fixed per dataset, not per --seed
 GRID_COLUMNS = 20
 
-# The classes of the colour and pattern heads: the vocabulary of config.py.
+# The classes of the colour and pattern heads: the vocabulary of captions.py.
 COLOUR_NAMES = tuple(COLOURS)
 PATTERN_NAMES = tuple(PATTERNS)
 IGNORE = -100  # target of a sample without the attribute (cross-entropy's ignore_index)

@@ -209,7 +209,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                      text_model=args.text_model).validate()
-        # the training captions are derived per garment sample (datasets.derive_captions),
+        # the training captions are derived per garment sample (captions.derive_captions),
         # which reads the images: build (or reuse) the 64 px cache that holds them
         index = datasets.prepare(cfg, 64)
         captions, texts = index["caption_file"], datasets.caption_texts(index)

@@ -15,8 +15,9 @@ import argparse
 import dataclasses
 import sys
 
-from config import FIELD_RULES, KINDS, PRESETS, CliParser, Config, flag_type, yes_no
-from sample import generate, read_prompts, sweep_prompts
+from captions import KINDS, sweep_prompts
+from config import FIELD_RULES, PRESETS, CliParser, Config, flag_type, yes_no
+from sample import generate, read_prompts
 from train import train
 from utils import run_cli
 

@@ -13,7 +13,6 @@ from PIL import Image
 from tqdm import tqdm
 
 from config import Config
-from datasets import KIND_NOUN, derive_captions
 from get_embeddings import encode_texts, load_text_model, too_long
 from model import Stage1_G, Stage2_G
 from utils import (UserError, autocast, check_writable_dir, clean_text, first_line,
@@ -55,20 +54,6 @@ def load_generator(path, device, expect_stage=None):
 
 
 # ------------------------------------------------------------------------ generation
-
-SWEEP_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "black")
-SWEEP_PATTERNS = ("pure color", "striped", "dotted", "lattice", "floral")
-
-
-def sweep_prompts(what: str, kind: str) -> list[str]:
-    """Short prompts, in the form of the training captions' short forms, that differ in
-    one attribute: "a red dress", "an orange dress", ... (colour) or "a red dress",
-    "a red striped dress", ... (pattern)."""
-    if what == "colour":
-        return [derive_captions(kind, "", c)["captions"][1] for c in SWEEP_COLOURS]
-    return [derive_captions(kind, f"The {KIND_NOUN[kind]} has {p} patterns.", "red")["captions"][1]
-            for p in SWEEP_PATTERNS]
-
 
 def read_prompts(prompts, prompts_file) -> list[str]:
     out = list(prompts or [])

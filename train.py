@@ -20,7 +20,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import distributed as dist
-from config import ARCH_FIELDS, FIELD_RULES, KINDS, Config
+from captions import KINDS
+from config import ARCH_FIELDS, FIELD_RULES, Config
 from datasets import prepare
 from get_embeddings import load_data
 from model import Stage1_G, build_models

@@ -14,7 +14,8 @@ from PIL import Image
 import datasets as ds
 import main
 import sample
-from config import FABRICS, PATTERNS, Config
+from captions import FABRICS, PATTERNS
+from config import Config
 from utils import UserError, load_checkpoint
 
 PATTERNS_AND_FABRICS = set(PATTERNS) | set(FABRICS)

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 import datasets as ds
-from config import KINDS, Config
+from captions import KINDS
+from config import Config
 from conftest import CLOTHING_SMALL, write_dfmm
 from get_embeddings import load_data
 from utils import UserError

@@ -10,7 +10,8 @@ import torch
 import evaluate
 import main
 import sample
-from config import COLOURS, KINDS, PATTERNS, Config
+from captions import COLOURS, KINDS, PATTERNS
+from config import Config
 from conftest import ROOT, tiny_args
 
 
