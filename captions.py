@@ -263,10 +263,10 @@ RUSSIAN = {
     "графический": "pattern graphic", "надпись": "pattern graphic", "логотип": "pattern graphic",
     "принт": "print graphic", "рисунок": "print graphic", "узор": "print graphic",
     "орнамент": "print graphic",
-    "полоска": "pattern striped", "полосатый": "pattern striped", "полоса": "pattern striped",
+    "полосатый": "pattern striped", "полоска": "pattern striped", "полоса": "pattern striped",
     "однотонный": "pattern pure color", "одноцветный": "pattern pure color",
     "однотон": "pattern pure color",
-    "клетка": "pattern lattice", "клетчатый": "pattern lattice", "клеточка": "pattern lattice",
+    "клетчатый": "pattern lattice", "клетка": "pattern lattice", "клеточка": "pattern lattice",
     "шотландка": "pattern lattice",
     "горошек": "pattern dotted", "горох": "pattern dotted", "точечный": "pattern dotted",
     "крапинка": "pattern dotted",
@@ -349,8 +349,9 @@ _ENGLISH = {**{v: ((r, v),) for ms in _GLOSSARY.values() for r, v in ms if v != 
 
 
 def russian_name(role: str, value: str) -> str | None:
-    """The first Russian word the glossary lists for a name ("colour", "red" -> "красный")."""
-    return next((w for w, spec in RUSSIAN.items() if (role, value) in _meanings(spec)), None)
+    """The first Russian word the glossary lists for a name and nothing else ("colour",
+    "red" -> "красный"; "fabric", "denim" -> "джинсовый", not "джинсы"), else None."""
+    return next((w for w, spec in RUSSIAN.items() if _meanings(spec) == ((role, value),)), None)
 
 
 def glossary_gaps() -> list[str]:
@@ -611,7 +612,9 @@ def russian_prompt(kind: str, colour: str, pattern: str | None = None, variant: 
     if said and " " not in said:  # an adjective ("однотонный") agrees with the noun too
         said = _inflect(said, number | {"nomn"})
     form = variant % 3
-    if form == 2 and gen_plural:
+    if form == 2 and gen_plural:  # "пара красных туфель": the genitive plural
+        if said and " " not in said:
+            said = _inflect(said, {"plur", "gent"})
         return f"пара {_inflect(russian_name('colour', colour), {'plur', 'gent'})} {gen_plural}" \
                + (f" {said}" if said else "")
     if form == 1:

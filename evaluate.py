@@ -33,6 +33,13 @@ Metrics, each for the generated images and, as the reference, for real images:
   noise as its long-caption image, scored for kind, colour and pattern against the
   sample's attributes. (The short caption leaves "pure color" unsaid: a plain garment
   is its default.) A sample with a single caption has no short prompt and is left out.
+* Russian prompts (set "generated_russian"): the same samples' short prompts as a
+  designer may type them in Russian (captions.russian_prompt: "красное платье в
+  цветочек", "Брюки тёмно-синие, в полоску", "пара белых туфель"), read into English
+  by captions.read_prompt as `--train n` and the page read them, drawn with the same
+  noise and scored like the short prompts; their accuracies beside the short prompts'
+  say how much a designer loses by writing Russian. The share of these prompts read
+  back to exactly their kind, colour and pattern is printed as well.
 * FD-garment: the Frechet distance between Gaussians fitted to feature-net features
   (the pooled 8*width-d layer before the heads; `frechet_distance`). The held-out
   images of each kind with at least two of them are split once, with a fixed rng
@@ -53,7 +60,8 @@ Metrics, each for the generated images and, as the reference, for real images:
 Outputs under OUT_DIR/eval/: results.csv, a tidy table with the columns
 `metric,set,kind,value,n` (metric: kind_accuracy | colour_accuracy |
 pattern_accuracy | fd_garment | r_precision | variety; set: real_heldout | generated |
-generated_short | real_heldout_half (the FD floor); kind: a kind or "all"; n: images
+generated_short | generated_russian | real_heldout_half (the FD floor); kind: a kind or
+"all"; n: images
 behind the value; a per-kind accuracy with n = 0, e.g. the pattern of a kind whose
 samples name none, is written as nan), and generated.png (up to 20 of the evaluated
 long-caption images per kind, one row per kind). The metrics also go to WandB (job
@@ -84,10 +92,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from captions import COLOURS, KINDS, PATTERNS
+from captions import COLOURS, KINDS, PATTERNS, russian_prompt
 from config import DEVICE, FIELD_RULES, PATH, SEED, TEXT, CliParser, Config, flag_type, whole
 from datasets import attribute_ids, augment, prepare
-from get_embeddings import load_data
+from get_embeddings import encode_texts, load_data
 import sample
 from synthetic import ensure_synthetic
 from utils import (UserError, _atomic_write, check_writable_dir, init_wandb, resolve_device,
@@ -461,7 +469,8 @@ def _noise_seed(seed: int, kind: int, part: int) -> int:
 # ------------------------------------------------------------------------------ main
 
 ATTRS = ("kind", "colour", "pattern")  # metric <attr>_accuracy, metrics key <attr>_acc_<set>
-SETS = (("real", "real_heldout"), ("generated", "generated"), ("short", "generated_short"))
+SETS = (("real", "real_heldout"), ("generated", "generated"), ("short", "generated_short"),
+        ("russian", "generated_russian"))
 
 
 def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
@@ -501,17 +510,25 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
                                                            ecfg.seed)
     g_t = [t[sel] for t in targets]
     s_t = [t[has_short] for t in g_t]
+    twins, readings, ru_emb = russian_twins(data, sel, ecfg.text_model)
+    ru_read_back = float(np.mean([r.kind == data.kinds[i] and r.colours == (data.colours[i],)
+                                  and r.patterns == said_patterns(data.patterns[i])
+                                  for r, i in zip(readings, sel)]))
     fd_a, fd_b = fd_halves(held_idx, kinds_all)  # two disjoint halves of the held-out images
     fd_present = [kd for kd in range(len(KINDS)) if (kinds_all[fd_a] == kd).any()]
 
     print(f"generating {len(sel)} images ({n_per_kind} per kind, {len(present)} kinds) from "
-          f"long and as many from short captions, and {len(fd_a)} for FD-garment, "
-          f"with {net_g_path}")
-    images, short_images, shown = generate_eval_images(netG, data, present, sel, short_emb,
-                                                       n_per_kind, ecfg.seed, device, progress)
+          f"long, as many from short captions and from their Russian twins, and {len(fd_a)} "
+          f"for FD-garment, with {net_g_path}")
+    print("Russian prompts, e.g. " + "; ".join(f"{t!r} -> {r.text!r}" for t, r in
+                                               list(zip(twins, readings))[::max(1, n_per_kind)][:3]))
+    images, short_images, ru_images, shown = generate_eval_images(
+        netG, data, present, sel, short_emb, ru_emb, n_per_kind, ecfg.seed, device, progress)
     _, *g_logp = featurize(net, images, device, desc="features: generated", progress=progress)
     _, *s_logp = featurize(net, short_images[torch.as_tensor(has_short)], device,
                            desc="features: short prompts", progress=progress)
+    _, *ru_logp = featurize(net, ru_images[torch.as_tensor(has_short)], device,
+                            desc="features: Russian prompts", progress=progress)
     fd_floor, fd_gen = fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present,
                                   kinds_all, ecfg.seed, device, progress)
 
@@ -519,7 +536,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
 
     # accuracies: (attribute, set, kind name or "all") -> (value, n)
     acc = accuracies({"real": (r_logp, r_t), "generated": (g_logp, g_t),
-                      "short": (s_logp, s_t)}, present)
+                      "short": (s_logp, s_t), "russian": (ru_logp, s_t)}, present)
     rp_real, k_real = r_precision(r_logp[0], r_logp[1], r_t[0], r_t[1], r_t[0], r_t[1], k,
                                   seed=ecfg.seed, pattern_logp=r_logp[2], own_pattern=r_t[2],
                                   pool_pattern=r_t[2])
@@ -541,6 +558,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
         "k": k, "candidates_real": k_real, "candidates_generated": k_gen,
         "n_heldout": len(held_idx), "n_generated": len(sel),
         "n_generated_short": int(has_short.sum()), "n_fd": len(fd_a),
+        "russian_read_back": ru_read_back,
         "fd_kinds": [KINDS[kd] for kd in fd_present],
         "heldout_made_here": self_made, "per_kind": per_kind_from_rows(rows),
         "featnet": finfo, "net_g": str(net_g_path), "stage": gcfg.stage,
@@ -610,12 +628,29 @@ def draw_eval_samples(data, held_idx, held_kinds, n_per_kind: int, seed: int):
     return present, sel, has_short.numpy(), short_emb
 
 
-def generate_eval_images(netG, data, present, sel, short_emb, n_per_kind: int, seed: int,
-                         device, progress: bool):
-    """(long-caption images, short-caption images, the grid's images): one kind at a time,
-    kept at 64 px (plus the grid's images at full size) so that memory stays bounded by
-    n_per_kind for 256 px Stage-II images."""
-    images, short_images, shown = [], [], []
+def said_patterns(pattern) -> tuple:
+    """The pattern a short caption names: none for a plain garment or an unknown one."""
+    return () if pattern in (None, "pure color") else (pattern,)
+
+
+def russian_twins(data, sel, text_model: str):
+    """(Russian prompts, their readings, the readings' embeddings (len(sel), D)): for each
+    selected sample the Russian of its short prompt (kind, colour and the pattern the short
+    caption names), the phrasing varied with its position."""
+    twins = [russian_prompt(data.kinds[i], data.colours[i], (said_patterns(data.patterns[i])
+                                                             or (None,))[0], variant=j)
+             for j, i in enumerate(sel)]
+    readings = [sample.read_prompt(t) for t in twins]
+    emb = torch.from_numpy(encode_texts([r.text for r in readings], text_model))
+    return twins, readings, emb
+
+
+def generate_eval_images(netG, data, present, sel, short_emb, ru_emb, n_per_kind: int,
+                         seed: int, device, progress: bool):
+    """(long-caption images, short-caption images, Russian-prompt images, the grid's
+    images): one kind at a time, kept at 64 px (plus the grid's images at full size) so
+    that memory stays bounded by n_per_kind for 256 px Stage-II images."""
+    images, short_images, ru_images, shown = [], [], [], []
     cols = min(n_per_kind, GRID_COLUMNS)
     sel_t = torch.as_tensor(sel)
     for j, kd in enumerate(tqdm(present, desc="generating", unit="kind", disable=not progress)):
@@ -626,7 +661,9 @@ def generate_eval_images(netG, data, present, sel, short_emb, n_per_kind: int, s
         images.append(to_feat_size(img))
         short_images.append(to_feat_size(
             sample.sample_images(netG, short_emb[rows].to(device), 1, noise_seed)))
-    return torch.cat(images), torch.cat(short_images), shown
+        ru_images.append(to_feat_size(
+            sample.sample_images(netG, ru_emb[rows].to(device), 1, noise_seed)))
+    return torch.cat(images), torch.cat(short_images), torch.cat(ru_images), shown
 
 
 def fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present, kinds_all, seed: int,
@@ -787,23 +824,31 @@ def print_table(m: dict):
             ("real held-out", "real", None, m["fd_garment_floor"], m["r_precision_real"]),
             ("generated", "generated", m["fd_garment"], m["fd_garment_floor"],
              m["r_precision_generated"]),
-            ("short prompts", "short", None, None, None)):
+            ("short prompts", "short", None, None, None),
+            ("Russian prompts", "russian", None, None, None)):
         print(f"{label:15}{_fmt(m[f'kind_acc_{s}']):>10}{_fmt(m[f'colour_acc_{s}']):>12}"
               f"{_fmt(m[f'pattern_acc_{s}']):>13}{_fmt(fd, 2):>12}{_fmt(floor, 2):>9}"
               f"{_fmt(rp):>11}")
-    print(f"\n{'':10}" + "".join(f"{attr + ' acc':>21}" for attr in ATTRS)
+    print(f"\n{'':10}" + "".join(f"{attr + ' acc':>28}" for attr in ATTRS)
           + f"{'n real':>8}{'n gen':>7}")
-    print(f"{'kind':10}" + f"{'real':>7}{'gen':>7}{'short':>7}" * len(ATTRS))
+    print(f"{'kind':10}" + f"{'real':>7}{'gen':>7}{'short':>7}{'ru':>7}" * len(ATTRS))
     for name, v in m["per_kind"].items():
         cells = "".join(f"{_fmt(v[f'{attr}_real']):>7}{_fmt(v[f'{attr}_generated']):>7}"
-                        f"{_fmt(v[f'{attr}_short']):>7}" for attr in ATTRS)
+                        f"{_fmt(v[f'{attr}_short']):>7}{_fmt(v[f'{attr}_russian']):>7}"
+                        for attr in ATTRS)
         print(f"{name:10}{cells}{v['n_kind_real']:>8}{v['n_kind_generated']:>7}")
     print(f"(FD-garment: Frechet distance in the garment feature net's space between images "
           f"generated from the captions of held-out half A and the real photos of half B "
           f"({m['n_fd']} each); floor: the real photos of A vs those of B; R-precision: "
           f"{_fmt(m['candidates_generated'], 1)} candidates per generated image, ties count as "
           f"misses; short prompts: the same samples' short captions, e.g. \"a red floral "
-          f"dress\")")
+          f"dress\"; Russian prompts: those in Russian, e.g. \"красное платье в цветочек\", "
+          f"{_fmt(m['russian_read_back'])} of them read back to exactly their kind, colour and "
+          f"pattern)")
+    ratio = {a: m[f"{a}_acc_russian"] / m[f"{a}_acc_short"] if m[f"{a}_acc_short"] else
+             float("nan") for a in ("kind", "colour")}
+    print(f"Russian / English short prompts: kind accuracy {_fmt(ratio['kind'])}, colour "
+          f"accuracy {_fmt(ratio['colour'])}")
     print(f"variety: {_fmt(m['variety_generated'])} between {VARIETY_DRAWS} images of one held-out "
           f"caption, {_fmt(m['variety_real'])} between real held-out photos of one kind, colour "
           f"and pattern (mean RMS pixel distance, 0-1 scale)")

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import distributed as dist
-from captions import KINDS
+from captions import KINDS, caption_vocabulary
 from config import ARCH_FIELDS, FIELD_RULES, Config
 from datasets import prepare
 from get_embeddings import load_data
@@ -378,6 +378,7 @@ class Snapshots:
         self.bf16, self.run, self.log, self.main_proc = bf16, run, log, main_proc
         self.last = out / "last.pt"
         self.rows = snapshot_rows(data)
+        self.vocabulary = caption_vocabulary(data.captions)  # the words the model was shown
         self.noise = torch.randn(len(self.rows), 4 if cfg.stage == 1 else 2, cfg.z_dim,
                                  generator=torch.Generator().manual_seed(cfg.seed + 999)).to(device)
 
@@ -398,7 +399,8 @@ class Snapshots:
                 "schedG": scheds[0].state_dict(), "schedD": scheds[1].state_dict(),
                 "epoch": epoch, "batch": batch, "step": step, "rng": rng_state(rng),
                 "config": cfg.to_dict(), "wandb_id": self.run.id if self.run is not None else None,
-                "stage1_config": self.stage1_cfg.to_dict() if self.stage1_cfg else None}
+                "stage1_config": self.stage1_cfg.to_dict() if self.stage1_cfg else None,
+                "vocabulary": self.vocabulary}
         tagged = save_checkpoint(ckpt, self.out / "checkpoints" / f"{tag}.pt")
         copy_file(tagged, self.last)  # the same bytes: serialised and hashed once
         device = self.noise.device

@@ -7,12 +7,14 @@ import pandas as pd
 import pytest
 import torch
 
+import captions
 import evaluate
 import main
 import sample
 from captions import COLOURS, KINDS, PATTERNS
 from config import Config
 from conftest import ROOT, tiny_args
+from get_embeddings import encode_texts
 
 
 # ------------------------------------------------------------------ Frechet distance
@@ -294,12 +296,13 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
     printed = capsys.readouterr().out
     assert "no validation split" in printed and "held-out kind accuracy" in printed
     assert "pattern accuracy" in printed and "short prompts" in printed
+    assert "Russian prompts" in printed and "Russian / English short prompts" in printed
     assert "FD-garment" in printed and "R-prec@4" in printed
 
     df = pd.read_csv(tmp_path / "ev" / "eval" / "results.csv", keep_default_na=False)
     assert list(df.columns) == ["metric", "set", "kind", "value", "n"]
     rows = set(zip(df.metric, df.set, df.kind))
-    sets = ("real_heldout", "generated", "generated_short")
+    sets = ("real_heldout", "generated", "generated_short", "generated_russian")
     expected = {(f"{a}_accuracy", s, kd) for a in ("kind", "colour", "pattern") for s in sets
                 for kd in ("all",) + KINDS}
     expected |= {("fd_garment", "generated", "all"), ("fd_garment", "real_heldout_half", "all"),
@@ -316,7 +319,7 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
     assert (val["fd_garment"] >= 0).all()
     assert val[("kind_accuracy", "generated", "all")] == pytest.approx(m["kind_acc_generated"])
     for a in ("kind", "colour", "pattern"):
-        for s, short in zip(sets, ("real", "generated", "short")):
+        for s, short in zip(sets, ("real", "generated", "short", "russian")):
             got, want = val[(f"{a}_accuracy", s, "all")], m[f"{a}_acc_{short}"]
             assert got == pytest.approx(want) or (np.isnan(got) and np.isnan(want)), (a, s)
             for kd in KINDS:
@@ -327,6 +330,7 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
     for kd in KINDS:
         assert n[("kind_accuracy", "generated", kd)] == 3
         assert n[("kind_accuracy", "generated_short", kd)] == 3
+        assert n[("kind_accuracy", "generated_russian", kd)] == 3
     assert (tmp_path / "ev" / "eval" / "generated.png").is_file()
 
     # the targets are the dataset's attributes: pattern accuracy counts the held-out
@@ -344,19 +348,26 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
         == m["n_fd"]
     assert m["fd_kinds"] == sorted({data.kinds[i] for i in a_half}, key=KINDS.index)
 
-    # generation: per kind the long captions, then the short ones with the same noise
-    # seed; then one image per sample of half A from its long caption
+    # generation: per kind the long captions, then the short ones and their Russian twins
+    # (read into English) with the same noise seed; then one image per sample of half A
+    # from its long caption
     short_rows = data.text_emb[data.text_start + 1]
+    assert m["russian_read_back"] == 1.0  # every twin read back to its kind, colour, pattern
     for j in range(len(KINDS)):
-        (long_emb, s1), (short_emb, s2) = calls[2 * j], calls[2 * j + 1]
-        assert s1 == s2 and len(long_emb) == len(short_emb) == 3
-        for e_long, e_short in zip(long_emb, short_emb):
+        (long_emb, s1), (short_emb, s2), (ru_emb, s3) = calls[3 * j:3 * j + 3]
+        assert s1 == s2 == s3 and len(long_emb) == len(short_emb) == len(ru_emb) == 3
+        for r, (e_long, e_short, e_ru) in enumerate(zip(long_emb, short_emb, ru_emb)):
             i = int(torch.nonzero((data.emb == e_long).all(1))[0])
             assert torch.equal(e_short, short_rows[i]) and not torch.equal(e_short, e_long)
-    fd_calls = calls[2 * len(KINDS):2 * len(KINDS) + len(m["fd_kinds"])]
+            # the Russian twin of the sample's short prompt, read into English and encoded
+            twin = captions.russian_prompt(data.kinds[i], data.colours[i], None, 3 * j + r)
+            assert not any("a" <= c <= "z" for c in twin.lower())  # Russian words only
+            want = encode_texts([captions.read_prompt(twin).text])[0]
+            assert torch.allclose(e_ru, torch.from_numpy(want), atol=1e-5)
+    fd_calls = calls[3 * len(KINDS):3 * len(KINDS) + len(m["fd_kinds"])]
     assert torch.equal(torch.cat([e for e, _ in fd_calls]), data.emb[torch.as_tensor(a_half)])
     # variety: then, per kind, up to VARIETY_PROMPTS held-out long captions of that kind
-    var_calls = calls[2 * len(KINDS) + len(m["fd_kinds"]):]
+    var_calls = calls[3 * len(KINDS) + len(m["fd_kinds"]):]
     assert len(var_calls) == len(KINDS)
     for kd, (emb, _) in zip(KINDS, var_calls):
         of_kind = [int(i) for i in held if data.kinds[i] == kd][:evaluate.VARIETY_PROMPTS]
