@@ -279,7 +279,8 @@ RUSSIAN = {
     "пушистый": "fabric furry", "плюшевый": "fabric furry", "вязаный": "fabric knitted",
     "вязка": "fabric knitted", "трикотажный": "fabric knitted", "трикотаж": "fabric knitted",
     "шифоновый": "fabric chiffon", "шифон": "fabric chiffon",
-    "шёлковый": "fabric silk", "шёлк": "fabric silk", "льняной": "fabric linen", "лён": "fabric linen",
+    "шёлковый": "fabric silk", "шёлк": "fabric silk", "льняной": "fabric linen",
+    "лён": "fabric linen",
     "шерстяной": "fabric wool", "шерсть": "fabric wool", "атласный": "fabric satin",
     "атлас": "fabric satin", "бархатный": "fabric velvet", "бархат": "fabric velvet",
     "замшевый": "fabric suede", "замша": "fabric suede", "вельветовый": "fabric corduroy",
@@ -375,11 +376,6 @@ def _analyser():
     except (ImportError, ValueError, OSError) as e:  # not installed, or no dictionaries
         raise MissingAnalyser("Russian prompts need pymorphy3 and pymorphy3-dicts-ru "
                               f"(pip install -r requirements.txt): {e}") from None
-
-
-def warm_up() -> None:
-    """Load the morphological dictionaries now (about 0.3 s), not at the first prompt."""
-    _analyser()
 
 
 @functools.lru_cache(maxsize=8192)

@@ -520,8 +520,8 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     print(f"generating {len(sel)} images ({n_per_kind} per kind, {len(present)} kinds) from "
           f"long, as many from short captions and from their Russian twins, and {len(fd_a)} "
           f"for FD-garment, with {net_g_path}")
-    print("Russian prompts, e.g. " + "; ".join(f"{t!r} -> {r.text!r}" for t, r in
-                                               list(zip(twins, readings))[::max(1, n_per_kind)][:3]))
+    examples = list(zip(twins, readings))[::n_per_kind][:3]  # one per kind
+    print("Russian prompts, e.g. " + "; ".join(f"{t!r} -> {r.text!r}" for t, r in examples))
     images, short_images, ru_images, shown = generate_eval_images(
         netG, data, present, sel, short_emb, ru_emb, n_per_kind, ecfg.seed, device, progress)
     _, *g_logp = featurize(net, images, device, desc="features: generated", progress=progress)
