@@ -382,7 +382,8 @@ def _analyser():
 def _russian_meanings(word: str) -> tuple | None:
     """The glossary meanings of a word with Cyrillic letters, or None: the word as typed,
     then its lemmas, then the word without a case ending, then (for a compound such as
-    "красно-белый") each of its parts."""
+    "красно-белый" or "туфли-лодочки") each of its parts, ("unknown", part) for a part
+    it does not know."""
     keys = [_key(word)] + [_key(p.normal_form) for p in _analyser().parse(word)]
     keys += [_key(word)[:-len(e)] for e in _ENDINGS
              if _key(word).endswith(e) and len(word) - len(e) >= 3]
@@ -391,9 +392,11 @@ def _russian_meanings(word: str) -> tuple | None:
             return _GLOSSARY[k]
     parts = word.split("-")
     if len(parts) > 1 and all(parts):
-        found = [_russian_meanings(p) for p in parts]
-        if all(found):
-            return tuple(m for ms in found for m in ms)
+        found = [_russian_meanings(p) if _CYRILLIC_RE.search(p) else _ENGLISH.get(p.lower())
+                 for p in parts]
+        if any(found):
+            return tuple(m for p, ms in zip(parts, found)
+                         for m in (ms or (("unknown" if _CYRILLIC_RE.search(p) else "word", p),)))
     return None
 
 
@@ -417,12 +420,16 @@ def _shaded(colour: str, shade: str) -> str:
 def _joined(found: list) -> list:
     """The word meanings with the two-word forms joined: a length and рукав -> a sleeve,
     без and рукав -> sleeveless, без and a detail -> "without ...", a shade and a colour
-    -> the shaded colour, a neckline shape beside вырез -> the neckline. `skip` words go."""
+    -> the shaded colour, a neckline shape beside вырез -> the neckline, a colour between
+    в / с and a pattern -> the pattern's colour ("в белый горошек"). `skip` words go."""
     out = []
-    for role, value, word in found:
+    for i, (role, value, word) in enumerate(found):
         prev = out[-1][0] if out else None
         if role == "skip":
             continue
+        if role == "colour" and 0 < i < len(found) - 1 and found[i - 1][2].lower() in \
+                ("в", "с", "со") and found[i + 1][0] in ("pattern", "print"):
+            role = "pattern-colour"
         if role == "sleeve-noun" and prev in ("without", "length"):
             sleeve = "sleeveless" if prev == "without" else SLEEVE_OF_LENGTH[out[-1][1]]
             out[-1] = ("sleeve", sleeve, out[-1][2])
@@ -479,7 +486,8 @@ def read_prompt(prompt: str) -> Reading:
             found += [(r, v, two) for r, v in _ENGLISH[two]]
             i += 2
             continue
-        found += [(r, v, words[i]) for r, v in _word_meanings(words[i])]
+        found += [(r, v, v if r in ("word", "unknown") else words[i])  # a compound's part
+                  for r, v in _word_meanings(words[i])]
         i += 1
     return _phrase(prompt, _joined(found))
 
@@ -496,7 +504,8 @@ def _phrase(prompt: str, found: list) -> Reading:
     colours = _unique(of.get("colour", []))
     adjectives = _unique(of.get("length", []) + of.get("sleeve", []) + of.get("shade", []))
     adjectives += [_and(colours)] if colours else []
-    tails = [f"{_and(patterns)} patterns"] if patterns else []
+    on = _and(_unique(of.get("pattern-colour", [])))  # the colour of the dots or stripes
+    tails = [f"{on + ' ' if on else ''}{_and(patterns)} patterns"] if patterns else []
     tails += [f"{_and(_unique(of['fabric']))} fabric"] if "fabric" in of else []
     tails += [f"a {_and(_unique(of['neckline']))} neckline"] if "neckline" in of else []
     tails += _unique(of.get("detail", []) + ["a neckline"] * ("neck-noun" in of)

@@ -92,6 +92,8 @@ def test_kind_synonyms_in_any_case_name_the_kind(words, kind):
     ("платье с круглым вырезом", "a dress with a round neckline"),
     ("платье без кружева", "a dress without lace"),
     ("красно-белое платье в полоску", "a red and white dress with striped patterns"),
+    ("синее платье в белый горошек", "a blue dress with white dotted patterns"),
+    ("платье белое в горошек", "a white dress with dotted patterns"),
     ("Нарисуй голубое шифоновое платье макси",
      "a long blue dress with chiffon fabric"),
 ])
@@ -117,6 +119,8 @@ def test_a_word_without_english_stays_and_is_reported():
     assert (r.kind, r.colours) == ("dress", ("red",))
     alone = read_prompt("абракадабра")
     assert alone.text == "абракадабра" and alone.untranslated == ("абракадабра",)
+    part = read_prompt("красные туфли-лодочки")  # a compound: the parts it knows are read
+    assert part.text == "a pair of red shoes лодочки" and part.untranslated == ("лодочки",)
 
 
 @pytest.mark.parametrize("prompt", [
