@@ -276,3 +276,15 @@ def test_cyrillic_and_accented_labels_are_drawn_not_boxes(tmp_path):
         return np.asarray(canvas)
     assert np.array_equal(boxes(labels[0]), boxes(labels[1]))
     assert not np.array_equal(rows[0], boxes(labels[0]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["красное", "платье", "без", "в", "с", "рукавом", "тёмно",
+                                 "вырез", "круглым", "белый", "горошек", "кружева", "-",
+                                 "red", "dress", "with", "лодочки", "1", ",", "ё", "Ж"]),
+                max_size=8).map(" ".join)
+       | st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30))
+def test_any_prompt_reads_into_some_text_without_error(prompt):
+    r = read_prompt(prompt)
+    assert isinstance(r.text, str) and (r.text.strip() or not prompt.strip())
+    assert all(w in prompt for w in r.untranslated)
