@@ -14,8 +14,9 @@ images and knows nothing about the generator, so it scores every generator the s
 way. Its accuracy on the held-out real images is printed and written with the
 results, so its verdicts can be weighed.
 
-Held-out set: the rows of labels.csv whose split is "validation" (the training loop
-never sees them). A dataset without such rows (the real DFMM has no split) gets a
+Held-out set: the rows of labels.csv whose split is "validation", or the photos of a
+class-folder tree's validation/, val/ or test/ folders (the training loop never sees
+them). A dataset without such rows (the real DFMM has no split) gets a
 fixed 10% of each kind held out here, and the feature net trains on the rest; the
 generator was then trained on those images too, which the run prints.
 
@@ -817,7 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--net_g", required=True, type=flag_type(TEXT),
                    help="generator checkpoint (Stage I or II)")
     p.add_argument("--data_dir", default=None, type=flag_type(PATH),
-                   help="DFMM-layout folder; omitted: the built-in synthetic garments")
+                   help="DFMM folder or class folders (as main.py); omitted: the built-in "
+                        "synthetic garments")
     p.add_argument("--n_per_kind", type=flag_type(whole(1, 100_000)), default=100,
                    help="generated images per kind")
     p.add_argument("--k", type=flag_type(whole(2, 1000)), default=10,

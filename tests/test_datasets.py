@@ -211,8 +211,11 @@ def test_cli_prints_kind_counts(dfmm, capsys):
     root, info = dfmm
     ds.main(["--data_dir", str(root), "--size", "16"])
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[:5] == [f"{k}: {info['counts'][k]}" for k in KINDS]
-    assert out[5] == "skipped: 0"
+    assert out[0] == "layout: DFMM (images/ + captions.json)"
+    assert out[1:6] == [f"{k}: {info['counts'][k]}" for k in KINDS]
+    n = sum(info["counts"].values())
+    assert out[6] == f"held out: 0 of {n} (no validation split: evaluate.py holds out 10% of each kind)"
+    assert out[7] == "skipped: 0"
 
 
 @pytest.mark.skipif(not CLOTHING_SMALL.is_dir(), reason="../shared/data/clothing-small not present")
