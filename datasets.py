@@ -918,6 +918,10 @@ class FashionData:
         if max_samples and max_samples < len(keep):  # a fixed spread over the whole set
             pick = np.random.default_rng(0).choice(len(keep), max_samples, replace=False)
             keep = keep[np.sort(pick)]
+        if len(keep) == 0 and split == "train" and index["n"]:
+            raise UserError(f"all {index['n']} samples are held out (split validation): "
+                            "training needs photos outside validation/, val/ and test/ "
+                            "(or labels.csv rows of another split)")
         if len(keep) == 0:
             raise UserError("no usable images of the five garment kinds were found "
                             f"(skipped: {index.get('skipped') or 'none'})")

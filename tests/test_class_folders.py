@@ -197,6 +197,13 @@ def test_split_folders_val_and_test_are_held_out(tmp_path):
                       "shoes/0.jpg": "train",
                       **{f"{s}/dress/{i}.jpg": "validation" for s in ("val", "test", "validation")
                          for i in range(2)}}
+    # held-out photos only: training says so in one line
+    only_held = tmp_path / "held"
+    draw_garment(only_held / "val" / "dress" / "0.jpg", COLOURS["red"][0])
+    draw_garment(only_held / "test" / "shoes" / "0.jpg", COLOURS["red"][0])
+    index = prepare(only_held)
+    with pytest.raises(UserError, match="all 2 samples are held out"):
+        ds.FashionData(index, np.zeros((len(ds.caption_texts(index)), 4), np.float32))
 
 
 def test_junk_is_counted_never_a_traceback(tmp_path, capsys):
