@@ -1,6 +1,7 @@
 """Docs that cannot drift: every command written in README.md and docs/*.md parses with
 its script's own parser, every flag they name exists, and every file they name is there."""
 import argparse
+import functools
 import importlib
 import re
 import shlex
@@ -137,13 +138,14 @@ def command_problems(markdown: str) -> list[str]:
             if (why := command_problem(script, args))]
 
 
-def known_flags() -> set:
+@functools.lru_cache(maxsize=1)
+def known_flags() -> frozenset:
     flags = set(TORCHRUN_FLAGS)
     for path in sorted(ROOT.glob("*.py")):
         text = path.read_text()
         if "def build_parser" in text:
             flags |= set(_parser(path.stem)._option_string_actions)
-    return flags
+    return frozenset(flags)
 
 
 def flag_problems(markdown: str, flags: set) -> list[str]:
