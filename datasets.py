@@ -467,7 +467,7 @@ def _entries(folder: Path, skipped: Counter) -> list[tuple[str, bool]]:
     try:
         with os.scandir(folder) as it:
             found = [(e.name, _is_dir(e)) for e in it if not e.name.startswith(".")]
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path the file system cannot encode
         skipped["unreadable folder"] += 1
         return []
     out = []
@@ -488,7 +488,7 @@ def _is_photo(name: str) -> bool:
 def _folder_id(path: Path):
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
         return None
     return st.st_dev, st.st_ino
 
