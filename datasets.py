@@ -534,22 +534,25 @@ def class_folders(data_dir: Path, cfg: Config, skipped: Counter) -> list[tuple[s
     and DIR/<split>/<class>. The image cache, when it lies in DIR, is left out; photos
     outside a class folder are counted."""
     cache = _folder_id(cfg.resolved_cache_dir())
+    root = os.path.realpath(data_dir)
+
+    def folders(rel):
+        """The subfolders of rel, but a link to the data folder or above it (a loop)."""
+        for name, is_dir in _entries(data_dir / rel, skipped):
+            key = f"{rel}/{name}" if rel else name
+            if not is_dir:
+                skipped["photo outside a class folder"] += _is_photo(name)
+            elif _inside(root, os.path.realpath(data_dir / key)):
+                skipped["link back into the data folder or above (not followed)"] += 1
+            else:
+                yield name, key
+
     out = []
-    for name, is_dir in _entries(data_dir, skipped):
-        if not is_dir:
-            skipped["photo outside a class folder"] += _is_photo(name)
-            continue
+    for name, key in folders(""):
         if name == "cache" or _folder_id(data_dir / name) == cache:
             continue
         split = SPLIT_FOLDERS.get(name.lower())
-        if split is None:
-            out.append((name, "train"))
-            continue
-        for sub, sub_is_dir in _entries(data_dir / name, skipped):
-            if sub_is_dir:
-                out.append((f"{name}/{sub}", split))
-            else:
-                skipped["photo outside a class folder"] += _is_photo(sub)
+        out += [(key, "train")] if split is None else [(sub, split) for _, sub in folders(key)]
     return out
 
 
