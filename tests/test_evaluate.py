@@ -422,10 +422,12 @@ def test_mean_pairwise_rms_measures_within_group_spread():
     assert np.isnan(evaluate.mean_pairwise_rms([torch.stack([white])]))
 
 
-def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_path, capsys):
+def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_path, capsys,
+                                                                  monkeypatch):
     root, out = trained
     assert main.main(["--train", "y", "--stage", "2", "--stage1_g", str(out / "stage1" / "last.pt")]
-                     + tiny_args(root, tmp_path / "s2")) == 0
+                     + tiny_args(root, tmp_path / "s2") + ["--stage2_size", "32"]) == 0
+    monkeypatch.setattr(evaluate, "VARIETY_PROMPTS", 2)  # fewer images to draw: a faster test
     ckpt = tmp_path / "s2" / "stage2" / "last.pt"
     cfg = Config(data_dir=str(root), out_dir=str(tmp_path / "ev"), wandb_mode="disabled",
                  device="cpu")
@@ -433,10 +435,10 @@ def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_p
                           progress=False)
     printed = capsys.readouterr().out
     assert "garment feature net at 128 px" in printed
-    # the tiny Stage II draws 64 px from 16 px drafts: both are enlarged to 128 px
+    # the tiny Stage II draws 32 px from 16 px drafts: both are enlarged to 128 px
     assert ("judged at 128 px by the garment feature net trained on the real training photos at "
-            "128 px: real photos from the 128 px cache, generated 64 px images bicubic-upscaled, "
-            "Stage-I drafts (16 px) bicubic-upscaled to 64 px, then bicubic-upscaled like them"
+            "128 px: real photos from the 128 px cache, generated 32 px images bicubic-upscaled, "
+            "Stage-I drafts (16 px) bicubic-upscaled to 32 px, then bicubic-upscaled like them"
             ) in printed
     assert "drafts upscaled" in printed and "Stage II against its own upscaled drafts" in printed
 
