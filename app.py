@@ -27,7 +27,8 @@ from pathlib import Path
 from PIL import Image
 
 from sample import TRAIN_STAGE1, Drawer, find_checkpoint, slug
-from utils import UserError, check_writable_dir, first_line, resolve_device, run_cli, to_uint8
+from utils import (UserError, _atomic_write, check_writable_dir, first_line, resolve_device,
+                   run_cli, to_uint8, writing)
 
 # read by gradio and the model hub's client when first imported (gradio in build_page,
 # the hub's client with the text encoder): no usage statistics, no look-ups on the hub
@@ -99,19 +100,31 @@ def caption(prompt: str, n: int = 90) -> str:
 
 
 def write_request(folder: Path, prompts, images, n: int) -> tuple[list[Path], Path]:
-    """One PNG per image and a zip of them all in `folder`."""
+    """One PNG per image and a zip of them all in a new `folder` (removed again when
+    they cannot all be written, e.g. on a full disk: a one-line WriteError)."""
     pix = to_uint8(images)
     files = []
-    for i, p in enumerate(prompts):
-        for k in range(n):
-            path = folder / f"{i + 1:02d}-{k + 1}-{slug(p)}.png"
-            Image.fromarray(pix[i * n + k]).save(path, compress_level=1)
-            files.append(path)
-    zip_path = folder / f"garments-{folder.name}.zip"
-    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed
-        for f in files:
-            z.write(f, f.name)
+    with writing(folder, "create the folder"):
+        folder.mkdir()
+    try:
+        for i, p in enumerate(prompts):
+            for k in range(n):
+                path = folder / f"{i + 1:02d}-{k + 1}-{slug(p)}.png"
+                _atomic_write(path, lambda f, im=Image.fromarray(pix[i * n + k]):
+                              im.save(f, format="PNG", compress_level=1), sync=False)
+                files.append(path)
+        zip_path = folder / f"garments-{folder.name}.zip"
+        _atomic_write(zip_path, lambda f: write_zip(f, files), sync=False)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     return files, zip_path
+
+
+def write_zip(f, files):
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:  # PNGs are compressed
+        for path in files:
+            z.write(path, path.name)
 
 
 def prune(folder: Path, keep: int = KEEP_REQUESTS):
@@ -206,7 +219,6 @@ class Studio:
         app_dir = check_writable_dir(self.out_dir / "app")
         self.count += 1
         folder = app_dir / f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}-{self.count:04d}"
-        folder.mkdir()
         files, zip_path = write_request(folder, prompts, images, n)
         prune(app_dir)
         t2 = time.perf_counter()

@@ -47,7 +47,7 @@ from model import Stage1_G, Stage2_G, build_models
 from sample import Drawer, load_generator, sample_images
 from synthetic import ensure_synthetic
 from train import StepStats, adam, configure_device, train_step, wrap
-from utils import UserError, autocast, resolve_device, run_cli, to_uint8, use_bf16
+from utils import UserError, _atomic_write, autocast, resolve_device, run_cli, to_uint8, use_bf16
 
 
 def sync(device):
@@ -196,10 +196,10 @@ def end_to_end(netG, cfg, device, n_images, batch, out_dir):
     sync(device)
     t2 = time.perf_counter()
     pix = to_uint8(images)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
-    def write(i):
-        Image.fromarray(pix[i]).save(out_dir / f"{i:04d}.png", compress_level=1)
+    def write(i):  # as the page writes its images
+        _atomic_write(out_dir / f"{i:04d}.png", lambda f: Image.fromarray(pix[i]).save(
+            f, format="PNG", compress_level=1), sync=False)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         list(pool.map(write, range(n_images)))
@@ -328,7 +328,7 @@ def main(argv=None):
         print(f"page request: {r['n_images']} images at {r['size']}px for one prompt in "
               f"{r['total_s']:.2f} s (median of {len(r['runs_total_s'])}; text and drawing "
               f"{r['draw_s']:.2f} s, PNG and zip {r['png_s']:.2f} s)")
-    Path(args.json).write_text(json.dumps(results, indent=2))
+    _atomic_write(Path(args.json), lambda f: f.write(json.dumps(results, indent=2).encode()))
     print(f"figures written to {args.json}")
     return results
 

@@ -152,6 +152,9 @@ class Config:
     r1_gamma: float = 0.0  # >0: R1 gradient penalty on real images
     max_steps: int = 0  # >0: stop with a checkpoint after this many steps in all (0: run every epoch)
     snapshot_interval: int = 10  # epochs between checkpoints and sample grids
+    # epoch_*.pt kept in checkpoints/ besides last.pt: older ones are removed once a new one
+    # is safely written (0: only last.pt is written; interrupted.pt goes with the next one)
+    keep_checkpoints: int = 2
     log_interval: int = 10  # steps between log rows
     seed: int = 0
     out_dir: str = "output"
@@ -372,7 +375,8 @@ FIELD_RULES = {
     "ms_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
     "ema_decay": number(0, 1, hi_open=True), "loss": one_of("bce", "hinge"),
     "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "r1_gamma": number(0, 1e6),
-    "max_steps": whole(0), "snapshot_interval": whole(1), "log_interval": whole(1),
+    "max_steps": whole(0), "snapshot_interval": whole(1), "keep_checkpoints": whole(0, 100_000),
+    "log_interval": whole(1),
     "seed": SEED, "out_dir": TEXT, "device": DEVICE, "num_threads": NUM_THREADS,
     "amp": one_of("auto", "on", "off"), "channels_last": Rule(bool), "tf32": Rule(bool),
     "compile": Rule(bool), "wandb_project": Rule(str, test=_wandb_project_problem),

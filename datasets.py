@@ -60,7 +60,8 @@ from tqdm import tqdm
 
 from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATH, PATTERN_ALIASES, PATTERNS,
                     TEXT, CliParser, Config, flag_type, power_of_two, whole)
-from utils import UserError, _atomic_write, clean_text, first_line, read_json, run_cli
+from utils import (UserError, _atomic_write, atomic_path, clean_text, first_line, read_json,
+                   reserve, run_cli)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
 COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size
@@ -609,73 +610,73 @@ def prepare(cfg: Config, size: int, progress: bool = True, workers: int | None =
         index["skipped"] = dict(skipped + Counter(index.get("decode_skipped", {})))
         index["images_path"], index["caption_file"] = str(npy), captions
         return index
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the image cache {cache_dir}: {e.strerror}; "
-                        "set --cache_dir to a writable folder") from None
     workers = workers or min(4, os.cpu_count() or 1)
     listed_skipped = Counter(skipped)
     tasks = [(str(data_dir), j, size, cfg.parsing_labels, cfg.min_region_frac, cfg.crop_margin)
              for j in jobs]
-    tmp = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
     meta = {k: [] for k in ("kinds", "captions", "sources", "colours", "patterns", "images",
                             "splits")}
     notes = Counter()
     n_alloc = max(1, len(jobs) + sum(j.shoes for j in jobs))
-    try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
-                                        shape=(n_alloc, size, size, 3))
-    except OSError as e:
-        raise UserError(f"cannot write the image cache in {cache_dir}: {e.strerror or e}; "
-                        "set --cache_dir to a writable folder") from None
-    n = 0
-    try:
-        if workers > 1 and len(tasks) > 64:
-            pool = get_context("spawn").Pool(workers)
-            results = pool.imap(_process, tasks, chunksize=16)
-        else:
-            pool, results = None, map(_process, tasks)
-        bar = tqdm(results, total=len(tasks), desc=f"caching {size}px images", disable=not progress,
-                   unit="img")
-        for job, (samples, reasons) in zip(jobs, bar):
-            for reason in reasons:
-                (notes if reason.startswith("segm") else skipped)[reason] += 1
-            for kind, derived, pixels in samples:
-                arr[n] = pixels
-                for k, v in zip(meta, (kind, derived["captions"], job.caption, derived["colour"],
-                                       derived["pattern"], job.image, job.split)):
-                    meta[k].append(v)
-                n += 1
+    n, pool = 0, None
+    with atomic_path(npy, "write the image cache", CACHE_FIX) as tmp:
+        arr = _open_cache(tmp, n_alloc, size)
+        try:
+            if workers > 1 and len(tasks) > 64:
+                pool = get_context("spawn").Pool(workers)
+                results = pool.imap(_process, tasks, chunksize=16)
+            else:
+                results = map(_process, tasks)
+            bar = tqdm(results, total=len(tasks), desc=f"caching {size}px images",
+                       disable=not progress, unit="img")
+            for job, (samples, reasons) in zip(jobs, bar):
+                for reason in reasons:
+                    (notes if reason.startswith("segm") else skipped)[reason] += 1
+                for kind, derived, pixels in samples:
+                    arr[n] = pixels
+                    for k, v in zip(meta, (kind, derived["captions"], job.caption,
+                                           derived["colour"], derived["pattern"], job.image,
+                                           job.split)):
+                        meta[k].append(v)
+                    n += 1
+        except BaseException:
+            if pool is not None:
+                pool.terminate()
+            raise
         if pool is not None:
             pool.close()
             pool.join()
         arr.flush()
         del arr
         if n == 0:
-            with open(tmp, "wb") as f:
-                np.save(f, np.zeros((0, size, size, 3), np.uint8))
+            _atomic_write(tmp, lambda f: np.save(f, np.zeros((0, size, size, 3), np.uint8)),
+                          "write the image cache", CACHE_FIX)
         elif n < n_alloc:  # keep only the rows filled, copied in chunks
             src = np.load(tmp, mmap_mode="r")
-            tmp2 = tmp.with_name(tmp.name + "2")
-            dst = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-            for s in range(0, n, 1024):
-                dst[s:s + 1024] = src[s:min(s + 1024, n)]
-            dst.flush()
-            del src, dst
-            os.replace(tmp2, tmp)
-        os.replace(tmp, npy)
-    except BaseException:
-        for p in (tmp, tmp.with_name(tmp.name + "2")):
-            if p.exists():
-                p.unlink()
-        raise
+            with atomic_path(tmp, "write the image cache", CACHE_FIX) as tmp2:
+                dst = _open_cache(tmp2, n, size)
+                for s in range(0, n, 1024):
+                    dst[s:s + 1024] = src[s:min(s + 1024, n)]
+                dst.flush()
+                del src, dst
     decode_skipped = skipped - listed_skipped
     index = {"key": key, "size": size, "n": n, **meta, "skipped": dict(skipped),
              "decode_skipped": dict(decode_skipped), "notes": dict(notes)}
-    _atomic_write(idx_path, lambda f: f.write(json.dumps(index).encode()))
+    _atomic_write(idx_path, lambda f: f.write(json.dumps(index).encode()), fix=CACHE_FIX)
     index["images_path"], index["caption_file"] = str(npy), captions
     return index
+
+
+CACHE_FIX = "set --cache_dir to a writable folder with room"
+
+
+def _open_cache(path, n: int, size: int) -> np.memmap:
+    """A writable (n, size, size, 3) uint8 .npy memory map at `path`, its disk space
+    reserved at once: a disk that lacks room is an OSError here, not a crash at the
+    first image that does not fit."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    reserve(path, arr.offset + arr.nbytes)
+    return arr
 
 
 # ------------------------------------------------------------------------- training data

@@ -29,7 +29,7 @@ import numpy as np
 
 import datasets
 from config import PATH, TEXT, CliParser, Config, flag_type, whole
-from utils import UserError, _atomic_write, first_line, run_cli
+from utils import UserError, _atomic_write, first_line, make_dir, run_cli
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _BUNDLED_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -111,7 +111,6 @@ def write_cache(cache: dict, path):
     name): the metadata as JSON text, the texts as a unicode array, the vectors as
     float32. Nothing in it is a pickled object, so reading it never runs code."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {k: cache[k] for k in ("version", "model", "dim", "captions_hash")}
     texts = np.array(list(cache["texts"]), dtype=str).reshape(-1)
     vecs = np.asarray(cache["embeddings"], dtype=np.float32)
@@ -215,6 +214,7 @@ def main(argv=None) -> int:
         captions, texts = index["caption_file"], datasets.caption_texts(index)
         bad = index["skipped"].get(datasets.BAD_CAPTION, 0)
         out = Path(args.out) if args.out else Path(args.data_dir) / "embeddings.pickle"
+        make_dir(out.parent)  # a folder that cannot be made fails before the encoding
         cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
         print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment "
               f"samples x {cache['dim']} dims"

@@ -4,6 +4,7 @@
     python main.py --train y --stage 1 --data_dir DFMM    # Stage I on DeepFashion-MultiModal
     python main.py --train y --stage 2 --data_dir DFMM --stage1_g output/stage1/last.pt
     python main.py --train n --prompt "red dress with lace" --prompt "black leggings"
+    python main.py --export generator.pt                  # the newest generator, to share
 
 Only the command line lives here: training is train.py, generation sample.py.
 Every config.Config field is also a flag (`--gf_dim 64`, `--lr_decay_epoch 10`, ...);
@@ -14,11 +15,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from config import FIELD_RULES, KINDS, PRESETS, CliParser, Config, flag_type, yes_no
-from sample import generate, read_prompts, sweep_prompts
+from sample import export_generator, generate, generator_path, read_prompts, sweep_prompts
 from train import train
-from utils import run_cli
+from utils import human_bytes, run_cli
 
 DEBUG = dict(epochs=1, max_samples=64, batch_size=16, gf_dim=8, df_dim=8, snapshot_interval=1,
              builtin_per_kind=20, builtin_dir="data/synthetic_debug", n_samples=4, log_interval=1)
@@ -52,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep_kind", choices=KINDS, default="dress", help="the garment of --sweep")
     p.add_argument("--resume", default=None, metavar="PATH|auto", type=path,
                    help="continue training from a checkpoint (auto: OUT_DIR/stage<N>/last.pt)")
+    p.add_argument("--export", default=None, metavar="OUT.pt", type=path,
+                   help="write the EMA generator of --net_g (default: as --train n finds it) "
+                        "with its settings and a SHA-256 of its weights to OUT.pt, a small file "
+                        "to share that the page, --train n and evaluate.py load; then exit")
     p.add_argument("--debug", action="store_true", help="a tiny run for smoke tests")
     p.add_argument("--wandb", dest="wandb_mode", choices=("online", "offline", "disabled"),
                    default=None,
@@ -89,11 +95,22 @@ def make_config(args) -> tuple[Config, set]:
     return Config(**values).validate(), set(explicit)
 
 
+def export(args, cfg):
+    """--export: the generator --train n would draw with, as a file to share."""
+    src = generator_path(cfg.out_dir, args.net_g, args.stage)
+    dst = export_generator(src, args.export)
+    print(f"wrote {dst} ({human_bytes(dst.stat().st_size)}): the generator of {src} (a "
+          f"training checkpoint of {human_bytes(Path(src).stat().st_size)}), for --net_g of "
+          "main.py --train n, app.py and evaluate.py")
+
+
 def main(argv=None) -> int:
     def job():
         args = build_parser().parse_args(argv)
         cfg, explicit = make_config(args)
-        if args.train:
+        if args.export:
+            export(args, cfg)
+        elif args.train:
             print(describe_preset(args))
             train(dataclasses.replace(cfg, stage=args.stage or 1), explicit, args.stage1_g,
                   resume=args.resume)

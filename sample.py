@@ -16,8 +16,9 @@ from config import Config
 from datasets import KIND_NOUN, derive_captions
 from get_embeddings import encode_texts, load_text_model, too_long
 from model import Stage1_G, Stage2_G
-from utils import (UserError, autocast, check_writable_dir, clean_text, first_line,
-                   has_surrogates, load_checkpoint, resolve_device, save_grid, to_uint8, use_bf16)
+from utils import (UserError, _atomic_write, autocast, check_writable_dir, clean_text,
+                   first_line, has_surrogates, load_checkpoint, resolve_device, save_checkpoint,
+                   save_grid, to_uint8, use_bf16, weights_sha256)
 
 DEFAULT_PROMPTS = [  # short typed prompts and DFMM-style sentences, two per kind
     "a red T-shirt",
@@ -52,6 +53,28 @@ def load_generator(path, device, expect_stage=None):
                         f"({first_line(e)})") from None
     return g.to(device).eval(), cfg, state
 
+
+def export_generator(src, dst) -> Path:
+    """Write the generator of the checkpoint `src` to `dst`, to share: its EMA weights
+    (a Stage-II G holds its frozen Stage-I G), its settings (config, stage1_config),
+    the text model's name, the training-caption vocabulary when `src` records one, and
+    the SHA-256 of the weights. load_checkpoint and load_generator read it like a
+    checkpoint (the page, `--train n`, evaluate.py, `--stage1_g`); it cannot resume
+    training, having no discriminator or optimiser state."""
+    src, dst = Path(src), Path(dst)
+    _, cfg, state = load_generator(src, "cpu")  # the weights fit the model they describe
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise UserError(f"--export {dst} would replace the checkpoint it exports; give "
+                        "another file name")
+    weights = state.get("netG_ema") or state["netG"]
+    out = {"netG": weights, "config": state["config"],
+           "stage1_config": state.get("stage1_config"), "text_model": cfg.text_model,
+           "weights_sha256": weights_sha256(weights),
+           "exported_from": {"file": src.name, "epoch": state.get("epoch"),
+                             "step": state.get("step")}}
+    if state.get("vocabulary") is not None:
+        out["vocabulary"] = state["vocabulary"]
+    return save_checkpoint(out, dst)
 
 
 # ------------------------------------------------------------------------ generation
@@ -134,6 +157,15 @@ def find_checkpoint(out_dir, stage=None) -> Path | None:
     return None
 
 
+def generator_path(out_dir, net_g=None, stage=None) -> Path:
+    """--net_g, else find_checkpoint's; an error saying how to train one when there is none."""
+    path = net_g or find_checkpoint(out_dir, stage)
+    if path is None:
+        raise UserError(f"no generator checkpoint found under {out_dir}/stage*/last.pt: "
+                        f"train one first ({TRAIN_STAGE1}) or pass --net_g")
+    return Path(path)
+
+
 class Drawer:
     """A generator and the text encoder of its training captions, both loaded once;
     `draw` turns prompts into images. The generation path of `--train n` and of the web
@@ -182,11 +214,7 @@ def generate(cfg: Config, net_g, prompts, stage=None, name: str = "grid") -> Pat
     """Draw cfg.n_samples images per prompt: OUT_DIR/generated/<name>.png (one row per
     prompt) and one PNG per image."""
     device = resolve_device(cfg.device)
-    if net_g is None:
-        net_g = find_checkpoint(cfg.out_dir, stage)
-        if net_g is None:
-            raise UserError(f"no generator checkpoint found under {cfg.out_dir}/stage*/last.pt: "
-                            f"train one first ({TRAIN_STAGE1}) or pass --net_g")
+    net_g = generator_path(cfg.out_dir, net_g, stage)
     drawer = Drawer.load(net_g, device, stage, cfg.amp, cfg.channels_last)
     out = check_writable_dir(Path(cfg.out_dir) / "generated")
     for i in drawer.too_long(prompts):
@@ -197,7 +225,8 @@ def generate(cfg: Config, net_g, prompts, stage=None, name: str = "grid") -> Pat
     pix = to_uint8(images)
     for i, p in enumerate(prompts):
         for k in range(n):
-            Image.fromarray(pix[i * n + k]).save(out / f"{i:03d}_{slug(p)}_{k}.png")
+            _atomic_write(out / f"{i:03d}_{slug(p)}_{k}.png",
+                          lambda f, im=Image.fromarray(pix[i * n + k]): im.save(f, format="PNG"))
     print(f"wrote {grid} ({len(prompts)} prompts x {n} samples, stage {drawer.cfg.stage}, "
           f"{images.shape[-1]}px) and {len(prompts) * n} single images in {out}")
     return grid

@@ -950,13 +950,21 @@ def make_synthetic(out_dir, n_per_kind=600, seed=0, width=256, height=376, progr
     processes (default: the CPUs available, 1 for small sets); the output does
     not depend on it.
     """
+    from utils import make_dir, writing  # torch: imported by the writer, not by its workers
+
     out_dir = pathlib.Path(out_dir)
     if n_per_kind < 1:
         raise ValueError("n_per_kind must be >= 1")
     if out_dir.exists() and any(out_dir.iterdir()) and not _looks_generated(out_dir):
         raise NotSyntheticError(f"{out_dir} exists and does not hold a synthetic dataset; "
                                 "not replacing it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir.parent)
+    with writing(out_dir, "write the built-in dataset"):  # a full disk: one line
+        return _write_synthetic(out_dir, n_per_kind, seed, width, height, progress, workers)
+
+
+def _write_synthetic(out_dir, n_per_kind, seed, width, height, progress, workers):
+    """make_synthetic's writing: a temporary sibling folder, renamed into place when complete."""
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -1058,14 +1066,9 @@ def _main(argv=None):
 
     def job():
         args = build_parser().parse_args(argv)
-        try:
-            out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed,
-                                 width=args.width, height=args.height,
-                                 progress=not args.no_progress, workers=args.workers)
-        except OSError as e:  # not writable, disk full, ...
-            if isinstance(e, UserError):
-                raise
-            raise UserError(f"cannot write {args.out}: {e.strerror or e}") from None
+        out = make_synthetic(args.out, n_per_kind=args.n_per_kind, seed=args.seed,
+                             width=args.width, height=args.height,
+                             progress=not args.no_progress, workers=args.workers)
         with open(out / "labels.csv", newline="", encoding="utf-8") as f:
             counts = Counter(row["category"] for row in csv.DictReader(f))
         print(f"wrote {sum(counts.values())} images to {out}")

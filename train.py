@@ -9,7 +9,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import signal
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,10 +28,11 @@ from get_embeddings import load_data
 from model import Stage1_G, build_models
 from sample import load_generator
 from synthetic import ensure_synthetic
-from utils import (LossLog, UserError, accumulate, autocast, check_arch, check_writable_dir,
-                   copy_file, discriminator_loss, first_line, generator_loss, init_wandb,
-                   load_checkpoint, requires_grad, resolve_device, save_checkpoint, save_grid,
-                   set_seed, standing_stats, use_bf16)
+from utils import (LossLog, UserError, WriteError, accumulate, autocast, check_arch,
+                   check_writable_dir, copy_file, discriminator_loss, first_line, free_bytes,
+                   generator_loss, human_bytes, init_wandb, load_checkpoint, requires_grad,
+                   resolve_device, save_checkpoint, save_grid, set_seed, standing_stats,
+                   state_bytes, use_bf16)
 
 MIN_BATCH = FIELD_RULES["batch_size"].lo  # BatchNorm needs two images to train on
 
@@ -208,12 +211,16 @@ def train(asked: Config, explicit: set, stage1_path=None, resume=None) -> dict:
                                    f"epoch_{epoch + 1:04d}")
     except Diverged as e:
         raise diverged_error(e, snapshots.last, main_proc) from None
+    except WriteError as e:  # a full disk: the checkpoint before it is whole
+        raise WriteError(f"{e}; " + kept_message(cfg, snapshots.last, main_proc)) from None
     finally:
-        if main_proc:
-            log.flush()
-            if run is not None:
-                run.finish()
-        dist.cleanup()
+        try:
+            if main_proc:
+                close_log(log, failing=sys.exc_info()[0] is not None)
+                if run is not None:
+                    run.finish()
+        finally:
+            dist.cleanup()
     if main_proc:
         print(stopped_message(cfg, epoch, step, snapshots.last) if stopped else
               f"done in {time.time() - t0:.0f}s: checkpoint {snapshots.last}, samples in "
@@ -367,9 +374,14 @@ def restore_rng(state: dict, rng: torch.Generator, resume_path):
 
 # ------------------------------------------------------------------- inside the loop
 
+EPOCH_FILE = re.compile(r"epoch_\d+\.pt")  # the checkpoints --keep_checkpoints counts
+
+
 class Snapshots:
-    """What a run writes at each snapshot: last.pt, a tagged copy and the sample grid.
-    Rank 0 writes them; every rank first takes rank 0's buffers."""
+    """What a run writes at each snapshot: last.pt, a tagged copy (checkpoints/<tag>.pt,
+    unless keep_checkpoints is 0) and the sample grid; then the tagged copies beyond the
+    newest keep_checkpoints go. Rank 0 writes them; every rank first takes rank 0's
+    buffers."""
 
     def __init__(self, out: Path, cfg: Config, data, stage1_cfg, device, bf16: bool, run, log,
                  main_proc: bool):
@@ -398,14 +410,72 @@ class Snapshots:
                 "epoch": epoch, "batch": batch, "step": step, "rng": rng_state(rng),
                 "config": cfg.to_dict(), "wandb_id": self.run.id if self.run is not None else None,
                 "stage1_config": self.stage1_cfg.to_dict() if self.stage1_cfg else None}
-        tagged = save_checkpoint(ckpt, self.out / "checkpoints" / f"{tag}.pt")
-        copy_file(tagged, self.last)  # the same bytes: serialised and hashed once
+        keep = cfg.keep_checkpoints
+        tagged = self.out / "checkpoints" / f"{tag}.pt" if keep else None
+        self.check_room(ckpt, tag, copies=2 if keep else 1)  # before anything is written
+        if tagged is not None:
+            save_checkpoint(ckpt, tagged)
+            copy_file(tagged, self.last)  # the same bytes: serialised and hashed once
+        else:
+            save_checkpoint(ckpt, self.last)
+        self.prune(tagged)
         device = self.noise.device
         with autocast(device, self.bf16):
             write_snapshot(nets.raw_G if netG_ema is None else netG_ema, self.data, self.rows,
                            self.noise, self.out / "samples" / f"{tag}.png", cfg.stage)
         self.log.log_image(step, self.out / "samples" / f"{tag}.png")
         self.log.flush()
+
+    def check_room(self, ckpt: dict, tag: str, copies: int):
+        """Stop with a one-line error, before anything is written, when the disk lacks
+        room for `copies` checkpoints (the tagged copy and last.pt) of the size of the
+        previous one or of this one's tensors, whichever is larger."""
+        size = max(state_bytes(ckpt), self.last.stat().st_size if self.last.is_file() else 0)
+        free = free_bytes(self.out)
+        if free is None or free >= copies * size:
+            return
+        files = f"checkpoints/{tag}.pt and last.pt" if copies == 2 else "last.pt"
+        fewer = ("" if self.cfg.keep_checkpoints == 0 else
+                 " (--keep_checkpoints 0 writes last.pt alone and needs half as much)")
+        raise UserError(f"not enough disk space for the next checkpoint in {self.out}: "
+                        f"{human_bytes(free)} free, {human_bytes(copies * size)} needed "
+                        f"({files}, {human_bytes(size)} each){fewer}; "
+                        + kept_message(self.cfg, self.last, True))
+
+    def prune(self, written):
+        """Remove the epoch_*.pt beyond the newest keep_checkpoints (`written`, the one
+        just saved, counts among them) and, once an epoch checkpoint or last.pt alone
+        has been written, checkpoints/interrupted.pt: the stop it records is behind."""
+        folder = self.out / "checkpoints"
+        if not folder.is_dir():
+            return
+        is_epoch = written is not None and EPOCH_FILE.fullmatch(written.name) is not None
+        older = sorted((p for p in folder.iterdir() if EPOCH_FILE.fullmatch(p.name)
+                        and p != written), key=lambda p: (p.stat().st_mtime_ns, p.name),
+                       reverse=True)
+        gone = older[max(0, self.cfg.keep_checkpoints - is_epoch):]
+        if written is None or is_epoch:
+            gone += [p for p in [folder / "interrupted.pt"] if p.is_file()]
+        removed = []
+        for p in gone:
+            try:
+                p.unlink()
+                removed.append(p.name)
+            except OSError as e:
+                print(f"note: could not remove the old checkpoint {p} ({e.strerror or e})")
+        if removed:
+            print(f"removed {', '.join(removed)} from {folder} (--keep_checkpoints "
+                  f"{self.cfg.keep_checkpoints} keeps the newest epoch checkpoints)")
+
+
+def close_log(log: LossLog, failing: bool):
+    """Write the loss log at the end of a run; when the run is failing already (a full
+    disk), a failure to write the log does not hide that first error."""
+    try:
+        log.flush()
+    except WriteError:
+        if not failing:
+            raise
 
 
 def log_row(log, bar, stats: dict, step: int, epoch: int, opt_G):
@@ -428,10 +498,22 @@ def diverged_error(e: "Diverged", last: Path, main_proc: bool) -> UserError:
                      + "; try a lower --lr_g/--lr_d")
 
 
+def resume_command(cfg: Config, last: Path) -> str:
+    return (f"python main.py --train y --stage {cfg.stage} --out_dir {cfg.out_dir} "
+            f"--resume {last}" + (f" --data_dir {cfg.data_dir}" if cfg.data_dir else ""))
+
+
 def stopped_message(cfg: Config, epoch: int, step: int, last: Path) -> str:
     return (f"stopped at epoch {epoch + 1}, step {step}; checkpoint {last}. Resume with: "
-            f"python main.py --train y --stage {cfg.stage} --out_dir {cfg.out_dir} "
-            f"--resume {last}" + (f" --data_dir {cfg.data_dir}" if cfg.data_dir else ""))
+            + resume_command(cfg, last))
+
+
+def kept_message(cfg: Config, last: Path, main_proc: bool) -> str:
+    """What a run that stops for want of disk space leaves, and how to go on."""
+    if not (main_proc and last.is_file()):
+        return "no checkpoint had been written yet; run again once there is room"
+    return (f"the last good checkpoint {last} was kept; once there is room, resume with: "
+            + resume_command(cfg, last))
 
 
 def adam(params, lr: float, cfg: Config, fused: bool = False) -> torch.optim.Adam:

@@ -1,6 +1,8 @@
 """Helpers shared by training and generation: losses, grids, checkpoints, logging."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -173,17 +175,6 @@ def standing_stats(netG: torch.nn.Module, emb: torch.Tensor, n_batches: int = 16
     return netG
 
 
-def check_writable_dir(path) -> Path:
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
-            pass
-    except OSError as e:
-        raise UserError(f"output directory {path} is not writable: {e.strerror or e}") from None
-    return path
-
-
 # -------------------------------------------------------------------------- losses
 
 def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -352,6 +343,196 @@ def generator_loss(netD, fake, cond, mu, logvar, kl_coef: float, loss: str = "bc
     return total, {k: v.detach() for k, v in stats.items()}
 
 
+# ------------------------------------------------------------------------- writing
+#
+# Every file the repository writes goes through `atomic_path` (a temporary file beside
+# it, renamed into place: `_atomic_write` for files written from Python, directly for
+# the image cache's memory map) and every folder through `make_dir`. A write that fails
+# there, for want of space or permission, or with a file where a folder should be, is
+# one WriteError naming the file and what is missing; the file it would have replaced
+# is left as it was.
+
+class WriteError(UserError, OSError):
+    """A file that could not be written (a folder that is not writable, a full disk): a
+    one-line error for the command lines, and still an OSError for callers that carry on."""
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def human_bytes(n: float) -> str:
+    """A size in the units a disk is read in: 512 B, 20.5 kB, 3.4 MB, 1.23 GB."""
+    if n < 1e3:
+        return f"{int(n)} B"
+    if n < 1e6:
+        return f"{n / 1e3:.1f} kB"
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+
+
+def free_bytes(path) -> int | None:
+    """Free bytes on the disk that holds `path` (its nearest existing folder); None when
+    that cannot be read."""
+    p = Path(os.path.abspath(path))
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _os_error(e: BaseException):
+    """The OSError behind `e`: itself, or the one its chain holds. torch.save reports a
+    full disk as RuntimeError("[enforce fail at inline_container.cc:...] unexpected pos
+    ...") raised while handling the OSError of the file's write."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _torch_write_failure(e: BaseException) -> bool:
+    """torch's serialiser failing without an OSError to say why (its own file writer)."""
+    return isinstance(e, RuntimeError) and any(
+        s in str(e) for s in ("inline_container.cc", "PytorchStreamWriter", "unexpected pos"))
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The first part of `path` that exists and is not a folder."""
+    for p in reversed([path, *path.parents]):
+        if p.exists() and not p.is_dir():
+            return p
+    return None
+
+
+def write_error(path, e: BaseException, action: str = "write", fix: str = ""):
+    """The one-line WriteError for a failure `e` to `action` (write, create the folder)
+    `path`, naming what is missing; None when `e` is no write failure (a bug, Ctrl-C).
+    `fix`: what to do, when the caller knows better than "free some space"."""
+    os_err = _os_error(e)
+    if os_err is None and not _torch_write_failure(e):
+        return None
+    path = Path(path)
+    code = os_err.errno if os_err is not None else None
+    free = free_bytes(path)
+    blocker = _file_in_the_way(path)
+    if code in _NO_SPACE or (os_err is None and free is not None and free < 1 << 20):
+        reason = (os_err.strerror if os_err is not None and os_err.strerror
+                  else "No space left on device")
+        reason += f" ({human_bytes(free)} free there)" if free is not None else ""
+        fix = fix or "free some space or choose a folder on another disk"
+    elif code in _NO_PERMISSION:
+        reason, fix = os_err.strerror or "Permission denied", fix or "choose a writable folder"
+    elif blocker is not None and isinstance(os_err, (FileExistsError, NotADirectoryError)):
+        reason = f"{blocker} is a file, not a folder"
+        fix = fix or "choose another name or folder"
+    elif os_err is not None:
+        reason = os_err.strerror or first_line(os_err)
+    else:
+        reason = f"the write failed ({first_line(e)[:120]})"
+    return WriteError(f"cannot {action} {path}: {reason}" + (f"; {fix}" if fix else ""))
+
+
+@contextlib.contextmanager
+def writing(path, action: str = "write", fix: str = ""):
+    """Run the block that writes `path`; a failure to write becomes write_error's
+    one-line WriteError (other exceptions pass unchanged)."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        err = write_error(path, e, action, fix)
+        if err is None:
+            raise
+        raise err from None
+
+
+def make_dir(path, fix: str = "") -> Path:
+    """The folder `path`, created with its parents when missing: the one folder maker
+    of every writer (a file in the way is a one-line error, not FileExistsError)."""
+    path = Path(path)
+    if not path.is_dir():
+        with writing(path, "create the folder", fix):
+            path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_writable_dir(path) -> Path:
+    """The folder `path` (made when missing) once a file could be made in it, so that an
+    output folder that cannot be written fails before any work is done."""
+    path = make_dir(path)
+    with writing(path, "write in the folder"), \
+            tempfile.NamedTemporaryFile(dir=path, prefix=".write_test"):
+        pass
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path, action: str = "write", fix: str = ""):
+    """A temporary file name beside `path` (its folder made when missing) for the block
+    to write; renamed over `path` when the block ends, removed when it fails. Failures
+    to write are write_error's one-line WriteError."""
+    path = Path(path)
+    make_dir(path.parent, fix)
+    with writing(path, action, fix):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+
+def _open_for_writing(path):
+    """The binary file every _atomic_write writes through (a test's small disk wraps it)."""
+    return open(path, "wb")
+
+
+def _atomic_write(path: Path, write, action: str = "write", fix: str = "", sync: bool = True):
+    """Call write(f) on a binary file that replaces `path` once it is complete (flushed
+    to the disk first unless sync=False, for outputs that are cheap to make again)."""
+    with atomic_path(path, action, fix) as tmp, _open_for_writing(tmp) as f:
+        write(f)
+        f.flush()
+        if sync:
+            os.fsync(f.fileno())
+
+
+def reserve(path, nbytes: int):
+    """Claim `nbytes` of disk for the file at `path` now, so that a full disk is an
+    OSError here rather than a crash later: the pages of a memory map are only given
+    disk space when written, and a page the disk has no room for kills the process
+    (SIGBUS). A no-op where the system cannot reserve space."""
+    if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno in _NO_SPACE:
+            raise OSError(e.errno, f"{e.strerror} for its {human_bytes(nbytes)}") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
+
+
+def copy_file(src, dst) -> Path:
+    """Copy the file `src` to `dst` atomically (as _atomic_write writes)."""
+    dst = Path(dst)
+    with open(src, "rb") as f:
+        _atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
+    return dst
+
+
 # --------------------------------------------------------------------------- grids
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -394,53 +575,21 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, row_labels=None) -> Pat
             for k, line in enumerate(lines):
                 draw.text((pad, pad + r * cell_h + k * line_h), line, fill=(0, 0, 0), font=font)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, lambda f: canvas.save(f, format="PNG"))
     return path
 
 
 # --------------------------------------------------------------------- checkpoints
 
-class WriteError(UserError, OSError):
-    """A file that could not be written (a folder that is not writable, a full disk): a
-    one-line error for the command lines, and still an OSError for callers that carry on."""
-
-
-def _atomic_write(path: Path, write):
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise WriteError(f"cannot write {path}: {e.strerror or e} (choose a writable "
-                         "folder)") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and not isinstance(e, WriteError):
-            raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
-
-
-def copy_file(src, dst) -> Path:
-    """Copy the file `src` to `dst` atomically (as _atomic_write writes)."""
-    dst = Path(dst)
-    with open(src, "rb") as f:
-        _atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
-    return dst
-
-
 # the entries of a training checkpoint; a generator needs the first two (and
 # stage1_config for Stage II), resuming a training run needs RESUME_KEYS too
 CHECKPOINT_KEYS = ("netG", "config", "netD", "netG_ema", "optG", "optD", "schedG", "schedD",
                    "epoch", "batch", "step", "rng", "wandb_id", "stage1_config")
 RESUME_KEYS = ("netD", "optG", "optD", "schedG", "schedD", "epoch", "step")
+# the entries of a generator exported to share (sample.export_generator): its EMA
+# weights as netG, settings, text model, vocabulary and the SHA-256 of the weights
+EXPORT_KEYS = ("netG", "config", "stage1_config", "text_model", "vocabulary", "weights_sha256",
+               "exported_from")
 
 
 def _feed(h, obj):
@@ -460,6 +609,26 @@ def _feed(h, obj):
             _feed(h, v)
     else:
         h.update(f"{type(obj).__name__}={obj!r};".encode("utf-8", "surrogatepass"))
+
+
+def state_bytes(obj) -> int:
+    """The bytes of the tensors in `obj` (nested dicts, lists, tensors): what a
+    checkpoint of it takes on disk, but for a few kilobytes of structure."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_bytes(v) for v in obj)
+    return 0
+
+
+def weights_sha256(weights: dict) -> str:
+    """The SHA-256 of a state dict's names, shapes, dtypes and bytes (in name order):
+    the fingerprint an exported generator records of its weights."""
+    h = hashlib.sha256()
+    _feed(h, weights)
+    return h.hexdigest()
 
 
 def checksums(state: dict) -> dict:
@@ -494,7 +663,6 @@ def verify_checksums(state: dict, path) -> bool:
 def save_checkpoint(state: dict, path) -> Path:
     """Write `state` atomically with a checksum of every entry (load_checkpoint checks it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {**state, "checksums": checksums(state)}
     _atomic_write(path, lambda f: torch.save(state, f))
     return path
@@ -519,8 +687,10 @@ def _is_state_dict(obj) -> bool:
 def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
     """A checkpoint of this repo, read with pickles refused (nothing in it runs code) and
     checked: its checksums, a generator state dict, a config within FIELD_RULES (and
-    with resume=True the optimizer, scheduler and step entries). Anything else is a
-    one-line UserError, raised before anything is written."""
+    with resume=True the optimizer, scheduler and step entries). An exported generator
+    (sample.export_generator) loads the same way, its weights checked against their
+    recorded SHA-256; it cannot resume training. Anything else is a one-line
+    UserError, raised before anything is written."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
@@ -530,8 +700,11 @@ def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
         raise UserError(f"{path} is not a readable checkpoint: {torch_load_reason(e)}") from None
     if not isinstance(state, dict) or "netG" not in state:
         raise UserError(f"{path} is not a checkpoint written by this repo (no 'netG' entry)")
+    exported = "weights_sha256" in state
+    if exported:
+        verify_weights(state, path, resume)
     checked = verify_checksums(state, path)
-    unknown = sorted(map(str, set(state) - set(CHECKPOINT_KEYS)))
+    unknown = sorted(map(str, set(state) - set(EXPORT_KEYS if exported else CHECKPOINT_KEYS)))
     if unknown and not checked:
         raise UserError(f"{path} is not a checkpoint written by this repo (unknown entries: "
                         f"{', '.join(unknown)[:200]})")
@@ -553,6 +726,19 @@ def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
     if not checked:
         print(f"note: {path} records no checksum (saved by an earlier version); loaded unchecked")
     return state
+
+
+def verify_weights(state: dict, path, resume: bool = False) -> None:
+    """Check an exported generator: the SHA-256 of its weights is the one recorded at
+    export, and it is not asked to resume training (it holds no D or optimiser)."""
+    if not _is_state_dict(state["netG"]) or weights_sha256(state["netG"]) != state["weights_sha256"]:
+        raise UserError(f"damaged generator: {path}: the SHA-256 of its weights is not the "
+                        "one recorded when it was exported (get the file again, or export "
+                        "it again from its training checkpoint)")
+    if resume:
+        raise UserError(f"{path} is an exported generator (python main.py --export), which "
+                        "holds no discriminator or optimiser state: training resumes only from "
+                        "a training checkpoint, e.g. OUT_DIR/stage1/last.pt")
 
 
 def _checked_config(state: dict, key: str, path) -> None:
@@ -613,7 +799,6 @@ class LossLog:
             return
         import pandas as pd
         df = pd.DataFrame(self.rows)
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(self.csv_path, lambda f: f.write(df.to_csv(index=False).encode()))
         cols = [c for c in ("d_loss", "g_loss", "g_adv", "kl") if c in df.columns]
         if cols:

@@ -503,8 +503,8 @@ def test_embeddings_cache_of_any_content(tmp_path, blob, meta, version, n_texts,
 
 
 @pytest.mark.parametrize("flag,msg", [("--embeddings_path", "cannot write /proc/"),
-                                      ("--cache_dir", "cannot write the image cache in /proc/"),
-                                      ("--out_dir", "is not writable")])
+                                      ("--cache_dir", "cannot write the image cache /proc/"),
+                                      ("--out_dir", "cannot create the folder /proc/out")])
 def test_unwritable_destinations(dfmm, tmp_path, capsys, flag, msg):
     """Caches and outputs that cannot be written: one line naming the file, exit 2."""
     from conftest import tiny_args

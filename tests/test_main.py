@@ -147,7 +147,8 @@ def test_unwritable_output_dir_is_a_clear_error(dfmm, tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder should go")
     rc, _, err = run(["--train", "y"] + tiny_args(root, blocker / "out"), capsys)
-    assert rc == 2 and "not writable" in err
+    assert rc == 2 and f"cannot create the folder {blocker / 'out' / 'stage1'}: {blocker} is a " \
+        "file, not a folder" in err
 
 
 def test_training_with_every_small_data_switch(dfmm, tmp_path, capsys):

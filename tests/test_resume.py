@@ -113,7 +113,7 @@ def test_signal_saves_and_exits_zero(dfmm, tmp_path, sig):
         ["--epochs", "100000", "--snapshot_interval", "1"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    first = out / "stage1" / "checkpoints" / "epoch_0001.pt"
+    first = out / "stage1" / "last.pt"  # the first snapshot
     deadline = time.time() + 120
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
