@@ -564,15 +564,13 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
           f"with {net_g_path}")
     gen = generate_eval_images(netG, data, present, sel, short_emb, n_per_kind, ecfg.seed,
                                device, progress, feat_size, with_drafts)
-    feats, logps = {}, {"real": r_logp}
-    feats["generated"], *logps["generated"] = featurize(net, gen["generated"], device,
-                                                        desc="features: generated",
-                                                        progress=progress)
-    if with_drafts:
-        feats["drafts"], *logps["drafts"] = featurize(net, gen["drafts"], device,
-                                                      desc="features: drafts", progress=progress)
-    _, *logps["short"] = featurize(net, gen["short"][torch.as_tensor(has_short)], device,
-                                   desc="features: short prompts", progress=progress)
+    feats, logps = {}, {"real": r_logp}  # set -> features, [kind, colour, pattern log-probs]
+    for s in ("generated", "drafts", "short"):
+        if gen[s] is not None:
+            images = gen[s][torch.as_tensor(has_short)] if s == "short" else gen[s]
+            feats[s], *logps[s] = featurize(net, images, device, desc=f"features: {s}",
+                                            progress=progress)
+    feats.pop("short")  # the copy check is made on the long-caption images
     fd = fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present, kinds_all,
                     ecfg.seed, device, progress, feat_size, with_drafts)
 
@@ -594,7 +592,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
               ("fd_garment", "real_heldout_half", "all", fd["floor"], len(fd_b))]
     if with_drafts:
         others.append(("fd_garment", "drafts_upscaled", "all", fd["drafts"], len(fd_a)))
-    others += [("r_precision", name[s], "all", rp[s][0], len(held_idx) if s == "real" else len(sel))
+    others += [("r_precision", name[s], "all", rp[s][0], len(held_idx if s == "real" else sel))
                for s in rp]
     others += [("variety", "real_heldout", "all", var_real, len(held_idx)),
                ("variety", "generated", "all", var_gen, n_var * VARIETY_DRAWS)]
@@ -610,7 +608,6 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
         "heldout_made_here": self_made, "per_kind": per_kind_from_rows(rows),
         "featnet": finfo, "net_g": str(net_g_path), "stage": gcfg.stage,
         "feat_size": feat_size, "judged": judged,
-        "image_size": int(gen["shown"][0].shape[-1]),
     })
     csv_path = write_rows(rows, out / "results.csv")
     # grid: one row per kind, up to GRID_COLUMNS of its evaluated (long-caption) images
