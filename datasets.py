@@ -6,7 +6,8 @@
 Layout read (the real DFMM download, the built-in synthetic set and clothing-small):
     DIR/images/*.jpg               photos
     DIR/captions.json              {"<image>.jpg": "<caption>"}
-    DIR/labels.csv      (optional) columns image, category[, split]: the kind of each image
+    DIR/labels.csv      (optional) columns image, category[, split]: the kind (and split) of
+                                   each image
     DIR/segm/<name>_segm.png (opt.) DFMM human parsing, ids 0-23
     DIR/labels/...      (optional) DFMM shape/fabric/pattern annotations (not needed here)
 
@@ -27,6 +28,11 @@ colour to the median footwear pixel) followed by any caption sentence that menti
 footwear. The garment samples are likewise cropped around their own parsing region
 (top, dress, pants, leggings) when the map has it, else the whole photo is padded to
 a square.
+
+Held-out split: labels.csv's split column when it has one ("validation" rows are
+never trained on); otherwise about 10% of the garments, picked by a hash of DFMM's item
+id (identity_split), so that no view of a held-out garment, nor the shoes cut from it,
+is ever trained on.
 
 Each image is decoded once into an on-disk uint8 cache per resolution
 (DIR/cache/images_<size>.npy plus index_<size>.json); training reads that cache by
@@ -65,7 +71,7 @@ from utils import (UserError, _atomic_write, atomic_path, clean_text, first_line
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
 COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size
-NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_\d+")
+NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_(\d+)")  # gender, category, item
 # The one mapping of category names (labels.csv) and class-folder names to kinds, read
 # through normalise_kind (lower case, "-" for spaces and "_", a plural -s / -es dropped).
 # A name not listed (hat, shorts, skirt, outerwear, ...) is not kept.
@@ -124,7 +130,9 @@ def normalise_kind(category: str):
 
 
 def read_labels_csv(data_dir) -> dict | None:
-    """{image: (kind or None, split)} from labels.csv, or None when there is none."""
+    """{image: (kind or None, split)} from labels.csv, or None when there is none. A
+    file with a split column gives every row a split (an empty cell: "train"); one
+    without it gives None, and list_jobs holds out garments itself (identity_split)."""
     path = Path(data_dir) / "labels.csv"
     if not path.is_file():
         return None
@@ -143,7 +151,9 @@ def read_labels_csv(data_dir) -> dict | None:
         i = col.get(name)
         return row[i].strip() if i is not None and i < len(row) else default
 
-    return {cell(r, "image"): (normalise_kind(cell(r, "category")), cell(r, "split") or "train")
+    has_split = "split" in col
+    return {cell(r, "image"): (normalise_kind(cell(r, "category")),
+                               (cell(r, "split") or "train") if has_split else None)
             for r in rows[1:] if cell(r, "image")}
 
 
@@ -169,6 +179,35 @@ def read_caption_txt(path: Path) -> str | None:
 def kind_from_name(name: str, category_map: dict):
     m = NAME_RE.match(name)
     return category_map.get(m.group(2)) if m else None
+
+
+HOLDOUT_SHARE = 0.1  # share of garments identity_split holds out
+
+
+def garment_identity(name: str) -> str:
+    """The garment a photo shows: DFMM's item id ("id_00000080" of
+    MEN-Denim-id_00000080-01_7_additional.jpg), else the file name itself.
+
+    DFMM keeps DeepFashion In-shop's paths, <gender>/<category>/id_<item>/<NN>_<view#>_
+    <view>.jpg, joined by dashes. The item id is what In-shop's own partition splits
+    by; the NN after it numbers photo sets of that same item, so all of them, with
+    every view, count as one garment."""
+    m = NAME_RE.match(name)
+    return f"id_{m.group(3)}" if m else name
+
+
+def identity_split(name: str) -> str:
+    """The split of a photo whose folder gives none: "validation" for about
+    HOLDOUT_SHARE of the garments, else "train".
+
+    Decided by a hash (SHA-256) of garment_identity(name) alone, so every view of one
+    garment, and the shoes cut from its photos, fall on the same side; the split does
+    not depend on file order, on the other files of the folder, on --seed or on the
+    Python process. A name that is not DFMM-style is its own identity: the file name
+    is hashed. Training never sees the "validation" side (FashionData), evaluate.py
+    scores on it."""
+    digest = hashlib.sha256(f"garment:{garment_identity(name)}".encode("utf-8", "surrogatepass"))
+    return "validation" if int(digest.hexdigest()[:8], 16) < HOLDOUT_SHARE * 2 ** 32 else "train"
 
 
 def segm_path(data_dir, image_name: str) -> Path:
@@ -420,13 +459,15 @@ def list_jobs(data_dir, cfg: Config):
             skipped["unreadable image"] += 1
             continue
         if labels is not None:
-            kind, split = labels.get(name, (None, "train"))
+            kind, split = labels.get(name, (None, None))
             shoes = False  # labels.csv names the shoe images itself
         else:
-            kind, split = kind_from_name(name, cfg.category_map), "train"
+            kind, split = kind_from_name(name, cfg.category_map), None
             shoes = has_segm and segm_path(data_dir, name).is_file()
         if kind is None and not shoes:
             continue  # a kind we do not keep (Shorts, Skirts, ...): not an error
+        if split is None:  # the folder gives no split: hold out whole garments
+            split = identity_split(name)
         stamp = (photo, file_stamp(segm_path(data_dir, name)) if has_segm else None)
         jobs.append(Job(name, kind, captions[name], split, shoes, texture.get(name, {}), stamp))
     if not jobs and captions and not any(n in present for n in captions):
@@ -531,8 +572,8 @@ def walk_photos(data_dir: Path, folder: str, skipped: Counter) -> list[str]:
 
 
 def class_folders(data_dir: Path, cfg: Config, skipped: Counter) -> list[tuple[str, str]]:
-    """(folder under data_dir, split) of every class folder: DIR/<class> (split train)
-    and DIR/<split>/<class>. The image cache, when it lies in DIR, is left out; photos
+    """(folder under data_dir, split) of every class folder: DIR/<class> (split None:
+    decided per photo by identity_split) and DIR/<split>/<class>. The image cache, when it lies in DIR, is left out; photos
     outside a class folder are counted."""
     cache = _folder_id(cfg.resolved_cache_dir())
     root = os.path.realpath(data_dir)
@@ -553,7 +594,7 @@ def class_folders(data_dir: Path, cfg: Config, skipped: Counter) -> list[tuple[s
         if name == "cache" or _folder_id(data_dir / name) == cache:
             continue
         split = SPLIT_FOLDERS.get(name.lower())
-        out += [(key, "train")] if split is None else [(sub, split) for _, sub in folders(key)]
+        out += [(key, None)] if split is None else [(sub, split) for _, sub in folders(key)]
     return out
 
 
@@ -602,8 +643,8 @@ def list_class_folder_jobs(data_dir: Path, cfg: Config):
             text = " ".join(t for t in own if t)
             if text:
                 captions[key] = text
-            jobs.append(Job(key, kind, folder_caption(kind, text), split, False, {},
-                            (photo, None), root="", parsing=False))
+            jobs.append(Job(key, kind, folder_caption(kind, text), split or identity_split(key),
+                            False, {}, (photo, None), root="", parsing=False))
     skipped["image file missing"] += len(set(given) - used)
     skipped = +skipped  # drop the reasons counted zero times
     if not jobs:
@@ -1090,8 +1131,10 @@ def describe_index(index: dict, layout: str) -> str:
     lines = ["layout: " + ("class folders (DIR/<kind>/*.jpg, DIR/<split>/<kind>/*.jpg)"
                            if layout == "class folders" else "DFMM (images/ + captions.json)")]
     lines += [f"{kind}: {counts.get(kind, 0)}" for kind in KINDS]
+    per_kind = Counter(k for k, s in zip(index["kinds"], index["splits"]) if s == "validation")
     lines.append(f"held out: {held} of {index['n']} (split validation: never trained on, "
-                 "scored by evaluate.py)" if held else
+                 "scored by evaluate.py): " + ", ".join(f"{per_kind[k]} {k}" for k in KINDS
+                                                        if per_kind[k]) if held else
                  f"held out: 0 of {index['n']} (no validation split: evaluate.py holds out "
                  "10% of each kind)")
     skipped = dict(index["skipped"])

@@ -148,13 +148,16 @@ def test_kind_folders_without_a_split_level(tmp_path, capsys):
     assert ds.main(["--data_dir", str(root), "--size", "16"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[1:6] == [f"{k}: 3" for k in KINDS]
-    assert out[6].startswith("held out: 0 of 15 (no validation split")
+    # no split level: whole photos are held out by a hash of their path (identity_split)
+    assert out[6] == ("held out: 2 of 15 (split validation: never trained on, scored by "
+                      "evaluate.py): 1 dress, 1 pants")
     assert out[7:] == ["skipped folders: hat 3, skirts 3", "skipped: 0"]
 
     index = prepare(root)
     by_key = {k: (kind, col, caps) for k, kind, col, caps in
               zip(index["images"], index["kinds"], index["colours"], index["captions"])}
-    assert set(index["splits"]) == {"train"}
+    assert index["splits"] == [ds.identity_split(k) for k in index["images"]]
+    assert index["splits"].count("validation") == 2
     for folder, (kind, colour) in folders.items():
         for i in range(3):
             assert by_key.get(f"{folder}/{i}.png", (None, colour))[:2] == (kind, colour)
