@@ -28,10 +28,19 @@ from dataclasses import dataclass
 # ------------------------------------------------------------------------ vocabulary
 
 KINDS = ("t-shirt", "dress", "pants", "leggings", "shoes")
-KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt", "tee": "t-shirt",
-                "t-shirts": "t-shirt", "dress": "dress", "dresses": "dress", "pants": "pants",
-                "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
-                "footwear": "shoes"}
+# The one mapping of category names (labels.csv) and class-folder names to kinds, read
+# through normalise_kind (lower case, "-" for spaces and "_", a plural -s / -es dropped).
+# A name not listed (hat, shorts, skirt, outerwear, ...) is not kept.
+KIND_ALIASES = {
+    "t-shirt": "t-shirt", "tshirt": "t-shirt", "tee": "t-shirt", "tee-shirt": "t-shirt",
+    "top": "t-shirt", "tank": "t-shirt", "tank-top": "t-shirt",
+    "dress": "dress", "gown": "dress",
+    "pants": "pants", "trouser": "pants", "jeans": "pants", "denim": "pants", "chino": "pants",
+    "slacks": "pants", "jogger": "pants", "sweatpants": "pants",
+    "leggings": "leggings", "legging": "leggings",
+    "shoes": "shoes", "shoe": "shoes", "sneaker": "shoes", "trainer": "shoes", "boot": "shoes",
+    "heel": "shoes", "high-heel": "shoes", "sandal": "shoes", "loafer": "shoes",
+    "footwear": "shoes"}
 
 # The colour vocabulary: common fashion colour names, each with reference sRGB shades
 # (mid, dark, light). A garment's measured pixels are named by the nearest shade in
@@ -67,7 +76,13 @@ FABRICS = ("denim", "cotton", "leather", "furry", "knitted", "chiffon", "other")
 
 
 def normalise_kind(category: str):
-    return KIND_ALIASES.get(str(category).strip().lower().replace(" ", "-"))
+    """The kind a category or folder name stands for ("T_Shirts", "Tees", "Dresses",
+    "Sneakers"), or None: case, spaces, underscores and a plural are ignored."""
+    word = re.sub(r"[\s_]+", "-", str(category).strip().lower())
+    for w in (word, word[:-1] if word.endswith("s") else "", word[:-2] if word.endswith("es") else ""):
+        if w in KIND_ALIASES:
+            return KIND_ALIASES[w]
+    return None
 
 
 # --------------------------------------------------------------------- garment captions
@@ -341,8 +356,8 @@ def _meanings(spec: str) -> tuple:
 _GLOSSARY = {_key(w): _meanings(spec) for w, spec in RUSSIAN.items()}
 # the English side: every word the glossary translates into, and the vocabulary's own
 # names and aliases, for the English words of a mixed prompt
-_ENGLISH = {**{v: ((r, v),) for ms in _GLOSSARY.values() for r, v in ms if v != "-"},
-            **{a: (("kind", k),) for a, k in KIND_ALIASES.items()},
+_ENGLISH = {**{a: (("kind", k),) for a, k in KIND_ALIASES.items()},
+            **{v: ((r, v),) for ms in _GLOSSARY.values() for r, v in ms if v != "-"},
             **{KIND_NOUN[k].lower(): (("kind", k),) for k in KINDS},
             **{c: (("colour", COLOUR_ALIASES.get(c, c)),) for c in [*COLOURS, *COLOUR_ALIASES]},
             **{p: (("pattern", PATTERN_ALIASES.get(p, p)),) for p in [*PATTERNS, *PATTERN_ALIASES]},
@@ -407,7 +422,8 @@ def _word_meanings(word: str) -> tuple:
         return (("skip", "-"),)
     if _CYRILLIC_RE.search(word):
         return _russian_meanings(word) or (("unknown", word),)
-    return _ENGLISH.get(word.lower(), (("word", word),))
+    kind = normalise_kind(word)  # "dresses", "trousers"
+    return _ENGLISH.get(word.lower()) or ((("kind", kind),) if kind else (("word", word),))
 
 
 def _shaded(colour: str, shade: str) -> str:

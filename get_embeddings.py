@@ -147,8 +147,8 @@ def check_cache(cache: dict, captions: dict, model_name: str, path, data_dir=Non
         raise UserError(f"{path} was made with text model {cache['model']!r}, but this run uses "
                         f"{model_name!r}. Re-encode the captions: {fix}")
     if cache["captions_hash"] != captions_hash(captions):
-        raise UserError(f"{path} was made from other captions than the current captions.json "
-                        f"(stale cache). Re-encode them: {fix}")
+        raise UserError(f"{path} was made from other captions than the data's current ones "
+                        f"(captions.json, <photo>.txt; stale cache). Re-encode them: {fix}")
 
 
 def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, data_dir=None,
@@ -192,7 +192,7 @@ def load_data(cfg: Config, size: int, split: str | None = "train", progress: boo
 def build_parser() -> CliParser:
     p = CliParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", required=True, type=flag_type(TEXT),
-                   help="DFMM-layout folder with captions.json")
+                   help="DFMM folder (images/ + captions.json) or class folders (DIR/<kind>/)")
     p.add_argument("--text_model", default=DEFAULT_TEXT_MODEL, type=flag_type(TEXT),
                    help="SentenceTransformer name or path (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--out", default=None, type=flag_type(PATH),

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's)")
     path = flag_type(FIELD_RULES["data_dir"])  # a file or folder name
     p.add_argument("--data_dir", default=None, type=path,
-                   help="DFMM-layout folder; omitted: the built-in synthetic garments")
+                   help="DFMM folder (images/ + captions.json) or class folders "
+                        "(DIR/<kind>/, DIR/train/<kind>/); omitted: the built-in synthetic garments")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="settings under the flags: builtin (narrower networks, 30 epochs) or "
                         "stackgan (config.Config's defaults); default: builtin without "

@@ -110,21 +110,27 @@ def slug(text: str, n: int = 40) -> str:
 
 @torch.no_grad()
 def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64,
-                  bf16: bool = False) -> torch.Tensor:
+                  bf16: bool = False, with_drafts: bool = False):
     """n images per text embedding, (len(emb)*n, 3, S, S) on the CPU; the same seed gives
-    the same images (noise and conditioning-augmentation samples are both seeded)."""
+    the same images (noise and conditioning-augmentation samples are both seeded).
+    with_drafts (a Stage-II netG): (images, the Stage-I drafts they were refined from)."""
     device = emb.device
     z = torch.randn(len(emb), n, netG.z_dim, generator=torch.Generator().manual_seed(seed))
     flat_emb, flat_z = emb.repeat_interleave(n, 0), z.flatten(0, 1).to(device)
-    images = []
+    images, drafts = [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for s in tqdm(range(0, len(flat_z), batch), desc="generating", unit="batch",
                       disable=len(flat_z) <= batch):
             with autocast(device, bf16):
-                img, _, _ = netG(flat_emb[s:s + batch], flat_z[s:s + batch])
+                if with_drafts:
+                    img, _, _, low = netG(flat_emb[s:s + batch], flat_z[s:s + batch],
+                                          return_stage1=True)
+                    drafts.append(low.float().cpu())
+                else:
+                    img, _, _ = netG(flat_emb[s:s + batch], flat_z[s:s + batch])
             images.append(img.float().cpu())
-    return torch.cat(images)
+    return (torch.cat(images), torch.cat(drafts)) if with_drafts else torch.cat(images)
 
 
 TRAIN_STAGE1 = "python main.py --train y --stage 1"

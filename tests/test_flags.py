@@ -180,6 +180,8 @@ def test_any_mix_of_flags(script, data, monkeypatch, capsys):
     ("get_embeddings", ["--data_dir", "d", "--batch_size", "0"], "--batch_size: must be from 1"),
     ("evaluate", ["--net_g", "g.pt", "--k", "1"], "--k: must be from 2"),
     ("evaluate", ["--net_g", "g.pt", "--device", "cuda:x"], "--device: expected"),
+    ("evaluate", ["--net_g", "g.pt", "--feat_size", "256"],
+     "--feat_size: expected one of 64, 128, got 256"),
     ("bench", ["--stages", "3"], "--stages: expected 1, 2, 1,2 or nothing, got 3"),
     ("synthetic", ["--out", "o", "--workers", "0"], "--workers: must be from 1 to 256"),
 ])
