@@ -65,8 +65,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
-from captions import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATTERN_ALIASES, PATTERNS,
-                      derive_captions, normalise_kind)
+from captions import (COLOUR_ALIASES, COLOURS, FABRICS, KIND_NOUN, KINDS, PATTERN_ALIASES,
+                      PATTERNS, derive_captions, garment_sentences, normalise_kind)
 from config import PATH, TEXT, CliParser, Config, flag_type, power_of_two, whole
 from utils import (UserError, _atomic_write, atomic_path, clean_text, first_line, read_json,
                    reserve, run_cli)
