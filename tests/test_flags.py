@@ -35,7 +35,8 @@ def stub(*args, **kwargs):
 # script -> (parser, run(argv) -> exit code, the work functions replaced by the stub,
 #            flags every call needs)
 SCRIPTS = {
-    "main": (main.build_parser, main.main, [(main, "train"), (main, "generate")], []),
+    "main": (main.build_parser, main.main,
+             [(main, "train"), (main, "generate"), (main, "export_generator")], []),
     "datasets": (datasets.build_parser, datasets.main, [(datasets, "prepare")],
                  ["--data_dir=d"]),
     "get_embeddings": (get_embeddings.build_parser, get_embeddings.main,
