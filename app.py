@@ -9,6 +9,9 @@ network. It draws with the generation path of `main.py --train n` (sample.Drawer
 once at start-up with its text encoder: OUT_DIR/stage2/last.pt when Stage II has been
 trained, else OUT_DIR/stage1/last.pt, or --net_g. The images of every request and a zip
 of them are written to OUT_DIR/app/<time>/ (the newest 200 requests are kept).
+Descriptions may be Russian: the page says what each was drawn as, names the words
+the model's training captions never had, and lists the kinds, colours, patterns and
+fabrics the model knows.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from sample import TRAIN_STAGE1, Drawer, find_checkpoint, slug
+from captions import KIND_NOUN, RUSSIAN_PATTERNS, known_names, russian_name
+from sample import TRAIN_STAGE1, Drawer, find_checkpoint, read_prompt, slug
 from utils import (UserError, _atomic_write, check_writable_dir, first_line, resolve_device,
                    run_cli, to_uint8, writing)
 
@@ -51,6 +55,7 @@ EXAMPLES = [  # every kind, short as typed and in the sentences of the DFMM capt
     "The lady wears a short dress. The dress is black. It has pure color patterns.",
     "a pink T-shirt\na blue floral dress\na pair of beige plaid pants\n"
     "a pair of purple leggings\na pair of brown shoes",
+    "красное платье в цветочек\nпара тёмно-синих джинсов",
 ]
 
 
@@ -100,8 +105,9 @@ def caption(prompt: str, n: int = 90) -> str:
 
 
 def write_request(folder: Path, prompts, images, n: int) -> tuple[list[Path], Path]:
-    """One PNG per image and a zip of them all in a new `folder` (removed again when
-    they cannot all be written, e.g. on a full disk: a one-line WriteError)."""
+    """One PNG per image and a zip of them all in a new `folder`, named after `prompts`
+    (the English readings); removed again when they cannot all be written, e.g. on a full
+    disk: a one-line WriteError."""
     pix = to_uint8(images)
     files = []
     with writing(folder, "create the folder"):
@@ -165,9 +171,14 @@ class Studio:
         self.warm_up()
 
     def warm_up(self):
-        """One small draw per resolution, so that the first click is as fast as the next."""
+        """One small draw per resolution and the Russian dictionaries loaded, so that the
+        first click is as fast as the next."""
         for stage in self.drawer.sizes:
             self.drawer.draw(["a red dress"], DEFAULT_PER_PROMPT, 0, stage)
+        try:
+            read_prompt("красное платье")
+        except UserError:  # not installed: said when a Russian description comes
+            pass
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -183,7 +194,29 @@ class Studio:
             return f"Generator in memory: {stage}, {d.cfg.image_size} px."
         saved = datetime.fromtimestamp(d.path.stat().st_mtime)
         return (f"Generator `{d.path}`: {stage}, {d.cfg.image_size} px, "
-                f"saved {saved:%Y-%m-%d %H:%M}.")
+                f"saved {saved:%Y-%m-%d %H:%M}."
+                + (f" Note: {d.vocabulary_note}." if d.vocabulary_note else ""))
+
+    def known(self) -> str:
+        """The kinds, colours, patterns and fabrics the generator knows (the names its
+        training captions use, with their Russian), as Markdown; "" without a generator."""
+        if self.drawer is None:
+            return ""
+        names = known_names(self.drawer.vocabulary)
+        roles = {"kinds": "kind", "colours": "colour", "patterns": "pattern", "fabrics": "fabric"}
+
+        def shown(group, name):
+            english = KIND_NOUN[name] if group == "kinds" else name
+            ru = RUSSIAN_PATTERNS.get(name) if group == "patterns" else \
+                russian_name(roles[group], name)
+            return f"{english} ({ru})" if ru else english
+
+        lines = [f"- **{group}**: " + (", ".join(shown(group, x) for x in names[group]) or "none")
+                 for group in roles]
+        source = ("its training captions" if self.drawer.vocabulary is not None
+                  else "the repository's vocabulary: this checkpoint does not record its own")
+        return (f"**What this generator knows** (from {source}); descriptions in Russian "
+                "are translated into these words:\n" + "\n".join(lines))
 
     def handle(self, text, n=DEFAULT_PER_PROMPT, seed=0, stage=None) -> Result:
         """Descriptions (one per line) -> n images each, written as PNGs and a zip.
@@ -211,15 +244,19 @@ class Studio:
         if stage not in self.sizes:
             raise UserError(f"{self.drawer.cfg.image_size} px is the largest size this "
                             "generator draws")
+        readings = self.drawer.read(prompts)
+        texts = [r.text for r in readings]
+        notes += [f"Description {i + 1}: {'; '.join(said)}." for i, r in enumerate(readings)
+                  if (said := self.drawer.notes(r))]
         notes += [f"Description {i + 1} is longer than the text encoder reads; only its start "
-                  "is used." for i in self.drawer.too_long(prompts)
+                  "is used." for i in self.drawer.too_long(texts)
                   if len(prompts[i]) < MAX_PROMPT_CHARS]
         images = self.drawer.draw(prompts, n, seed, stage)
         t1 = time.perf_counter()
         app_dir = check_writable_dir(self.out_dir / "app")
         self.count += 1
         folder = app_dir / f"{datetime.now():%Y%m%d-%H%M%S}-{os.getpid()}-{self.count:04d}"
-        files, zip_path = write_request(folder, prompts, images, n)
+        files, zip_path = write_request(folder, texts, images, n)
         prune(app_dir)
         t2 = time.perf_counter()
         seconds = {"total": t2 - t0, "draw": t1 - t0, "png": t2 - t1}
@@ -227,8 +264,9 @@ class Studio:
         message = (f"{len(files)} images of {size} px in {seconds['total']:.2f} s (text and "
                    f"drawing {seconds['draw']:.2f} s, PNG and zip {seconds['png']:.2f} s), "
                    f"seed {seed}.")
+        shown = [f"{r.prompt} → {r.text}" if r.translated else r.prompt for r in readings]
         return Result(" ".join([message] + notes), files,
-                      [caption(p) for p in prompts for _ in range(n)], zip_path, seconds, size)
+                      [caption(p) for p in shown for _ in range(n)], zip_path, seconds, size)
 
 
 def time_request(studio: Studio, prompt: str = "a red floral dress", n: int = 8, seed: int = 0,
@@ -278,7 +316,7 @@ def build_page(studio: Studio):
         if studio.drawer is None:
             with studio.lock:
                 studio.load()
-        return studio.describe(), resolution()
+        return studio.describe(), resolution(), studio.known()
 
     def respond(text, n, seed, stage):
         r = studio.handle(text, n, seed, stage)
@@ -289,8 +327,9 @@ def build_page(studio: Studio):
 
     with gr.Blocks(title="Fashion StackGAN", analytics_enabled=False,
                    delete_cache=(3600, 86400)) as page:
-        gr.Markdown("# Fashion StackGAN\nDescribe garments in your own words, one per line: "
-                    "a t-shirt, dress, pants, leggings or shoes, with a colour and a pattern.")
+        gr.Markdown("# Fashion StackGAN\nDescribe garments in your own words, in English or "
+                    "Russian, one per line: a t-shirt, dress, pants, leggings or shoes, with a "
+                    "colour and a pattern.")
         model_info = gr.Markdown(elem_id="model")
         with gr.Row():
             with gr.Column(scale=2):
@@ -305,6 +344,7 @@ def build_page(studio: Studio):
                 gr.Examples([[e] for e in EXAMPLES], inputs=prompts,
                             examples_per_page=len(EXAMPLES),
                             label="Examples: click one to fill the box")
+                known = gr.Markdown(elem_id="known")
             with gr.Column(scale=3):
                 status = gr.Markdown(elem_id="status")
                 gallery = gr.Gallery(label="Garments", format="png", columns=4, height="fit-content",
@@ -312,7 +352,7 @@ def build_page(studio: Studio):
                                      buttons=["download", "fullscreen"], elem_id="gallery")
                 download = gr.DownloadButton("Download all (zip)", visible=False,
                                              elem_id="download")
-        page.load(page_state, outputs=[model_info, res])
+        page.load(page_state, outputs=[model_info, res, known])
         generate.click(respond, inputs=[prompts, n, seed, res],
                        outputs=[gallery, status, download], concurrency_limit=1)
     page.queue(default_concurrency_limit=1, max_size=64)

@@ -41,7 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from app import Studio, time_request
 from config import (DEVICE, FIELD_RULES, PATH, TEXT, CliParser, Config, flag_type, stage_list,
                     whole)
-from datasets import list_jobs
+from datasets import list_jobs, photo_path
 from get_embeddings import encode_texts, load_data, load_text_model
 from model import Stage1_G, Stage2_G, build_models
 from sample import Drawer, load_generator, sample_images
@@ -62,7 +62,7 @@ class NaiveDataset(torch.utils.data.Dataset):
     def __init__(self, cfg: Config, size: int):
         jobs, _, _ = list_jobs(cfg.resolved_data_dir(), cfg)
         self.jobs = [j for j in jobs if j.kind is not None and j.split != "validation"]
-        self.root = cfg.resolved_data_dir() / "images"
+        self.root = cfg.resolved_data_dir()
         self.size = size
         self.load = int(size * 76 / 64)  # StackGAN: load at 76/64, random-crop back
 
@@ -70,7 +70,7 @@ class NaiveDataset(torch.utils.data.Dataset):
         return len(self.jobs)
 
     def _image(self, i):
-        img = Image.open(self.root / self.jobs[i].image).convert("RGB")
+        img = Image.open(photo_path(self.root, self.jobs[i])).convert("RGB")
         side = max(img.size)
         canvas = Image.new("RGB", (side, side), (255, 255, 255))
         canvas.paste(img, ((side - img.width) // 2, (side - img.height) // 2))

@@ -1,4 +1,4 @@
-"""The vocabulary (kinds, colours, patterns), the presets and one typed config for every run.
+"""The presets and one typed config for every run (the vocabulary is in captions.py).
 
 Defaults follow StackGAN (Zhang et al., 2017): Stage-I 64x64, Stage-II 256x256,
 z 100, condition 128, Adam(2e-4, betas 0.5/0.999), LR halved every 20 epochs,
@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from captions import KINDS  # the kinds a category_map may name
+
+
 class UserError(Exception):
     """A problem with the user's input or files: the command lines print it as one
     `error: ...` line (utils.run_cli) without a traceback."""
 
-
-KINDS = ("t-shirt", "dress", "pants", "leggings", "shoes")
 
 # DFMM file-name category token -> garment kind. Tokens not listed are dropped
 # (Shorts, Skirts, Blouses_Shirts, Jackets_Coats, ...). DFMM has no shoe
@@ -46,38 +47,6 @@ CATEGORY_MAP = {
 
 # DFMM human-parsing ids (segm/<name>_segm.png) of each kind's region.
 PARSING_LABELS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 11}
-
-# The colour vocabulary: common fashion colour names, each with reference sRGB shades
-# (mid, dark, light). A garment's measured pixels are named by the nearest shade in
-# CIELAB (datasets.name_colour); the first shade is the one the built-in data paints.
-COLOURS = {
-    "black": [(30, 30, 32), (12, 12, 14), (58, 58, 62)],
-    "white": [(248, 248, 246), (222, 222, 218), (236, 236, 240)],
-    "grey": [(132, 134, 140), (92, 94, 100), (176, 178, 182)],
-    "red": [(200, 32, 42), (140, 18, 28), (228, 72, 72)],
-    "pink": [(240, 150, 188), (210, 100, 150), (248, 196, 214)],
-    "orange": [(240, 126, 30), (190, 90, 20), (250, 168, 90)],
-    "yellow": [(242, 206, 40), (196, 160, 20), (250, 232, 130)],
-    "green": [(34, 140, 64), (18, 88, 38), (120, 190, 120)],
-    "blue": [(40, 100, 205), (28, 70, 150), (110, 160, 230)],
-    "navy": [(26, 36, 88), (16, 22, 56), (44, 56, 110)],
-    "purple": [(118, 56, 160), (80, 34, 110), (176, 136, 208)],
-    "brown": [(118, 74, 40), (80, 50, 28), (160, 112, 70)],
-    "beige": [(222, 201, 160), (196, 174, 130), (236, 222, 192)],
-}
-# other words a caption may use for a colour of the vocabulary
-COLOUR_ALIASES = {"gray": "grey", "khaki": "beige", "cream": "beige", "tan": "beige",
-                  "burgundy": "red", "maroon": "red", "violet": "purple", "lilac": "purple",
-                  "gold": "yellow", "silver": "grey", "denim-blue": "blue"}
-# The pattern vocabulary: DFMM's pattern classes (labels/texture/pattern_ann.txt codes 0-6,
-# "other" read as dotted) in the words its captions use.
-PATTERNS = ("floral", "graphic", "striped", "pure color", "lattice", "dotted", "color block")
-PATTERN_ALIASES = {"solid color": "pure color", "solid": "pure color", "plain": "pure color",
-                   "stripe": "striped", "stripes": "striped", "checked": "lattice",
-                   "plaid": "lattice", "check": "lattice", "polka-dot": "dotted",
-                   "polka dot": "dotted", "dots": "dotted", "colour block": "color block"}
-# DFMM fabric classes (labels/texture/fabric_ann.txt codes 0-6)
-FABRICS = ("denim", "cotton", "leather", "furry", "knitted", "chiffon", "other")
 
 # Settings used when no --data_dir is given: the built-in synthetic garments are
 # simple, so narrower networks learn them within minutes on a laptop CPU.

@@ -1,13 +1,20 @@
 """Prepare DeepFashion-MultiModal (DFMM) data: five garment kinds, derived captions, an image cache.
 
-    python datasets.py --data_dir DIR      # prints `KIND: N` per kind and the skipped files
+    python datasets.py --data_dir DIR      # prints `KIND: N` per kind, the held-out count
+                                           # and the skipped folders and files
 
 Layout read (the real DFMM download, the built-in synthetic set and clothing-small):
     DIR/images/*.jpg               photos
     DIR/captions.json              {"<image>.jpg": "<caption>"}
-    DIR/labels.csv      (optional) columns image, category[, split]: the kind of each image
+    DIR/labels.csv      (optional) columns image, category[, split]: the kind (and split) of
+                                   each image
     DIR/segm/<name>_segm.png (opt.) DFMM human parsing, ids 0-23
     DIR/labels/...      (optional) DFMM shape/fabric/pattern annotations (not needed here)
+
+or, without images/, class folders (torchvision's ImageFolder layout):
+    DIR/<class>/*.jpg              the kind from the folder name (normalise_kind)
+    DIR/<split>/<class>/*.jpg      split train; validation, val or test (held out)
+    DIR/<class>/<photo>.txt (opt.) and DIR/captions.json (opt.): the photos' own sentences
 
 The kind of an image comes from labels.csv when it exists, else from the DFMM file
 name `{MEN|WOMEN}-{Category}-id_...` through config.CATEGORY_MAP (Tees_Tanks and
@@ -22,13 +29,19 @@ footwear. The garment samples are likewise cropped around their own parsing regi
 (top, dress, pants, leggings) when the map has it, else the whole photo is padded to
 a square.
 
+Held-out split: labels.csv's split column when it has one ("validation" rows are
+never trained on); otherwise about 10% of the garments, picked by a hash of DFMM's item
+id (identity_split), so that no view of a held-out garment, nor the shoes cut from it,
+is ever trained on.
+
 Each image is decoded once into an on-disk uint8 cache per resolution
 (DIR/cache/images_<size>.npy plus index_<size>.json); training reads that cache by
 memory map and augments on tensors (flip, small shift/zoom).
 
 The file is longer than the others because a real photo folder needs it: the kind
-filter, the parsing-map crops, colour and pattern naming and the caption rules are
-what turn DFMM's outfit photos into five-kind samples, and they belong together.
+filter, the parsing-map crops and the colour measurement are what turn DFMM's outfit
+photos into five-kind samples, and they belong together. The words of the captions
+(the vocabulary, the sentences kept per garment, the short forms) are in captions.py.
 """
 from __future__ import annotations
 
@@ -52,18 +65,23 @@ import torch.nn.functional as F
 from PIL import Image, ImageFile, ImageOps
 from tqdm import tqdm
 
-from config import (COLOUR_ALIASES, COLOURS, FABRICS, KINDS, PATH, PATTERN_ALIASES, PATTERNS,
-                    TEXT, CliParser, Config, flag_type, power_of_two, whole)
+from captions import (COLOUR_ALIASES, COLOURS, FABRICS, KIND_NOUN, KINDS, PATTERN_ALIASES,
+                      PATTERNS, derive_captions, garment_sentences, normalise_kind)
+from config import PATH, TEXT, CliParser, Config, flag_type, power_of_two, whole
 from utils import (UserError, _atomic_write, atomic_path, clean_text, first_line, read_json,
                    reserve, run_cli)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error, and is skipped
 COLOUR_PROBE_SIZE = 48  # colours are measured on the photo decoded for this size
-NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_\d+")
-KIND_ALIASES = {"t-shirt": "t-shirt", "tshirt": "t-shirt", "t_shirt": "t-shirt", "tee": "t-shirt",
-                "t-shirts": "t-shirt", "dress": "dress", "dresses": "dress", "pants": "pants",
-                "trousers": "pants", "leggings": "leggings", "shoes": "shoes", "shoe": "shoes",
-                "footwear": "shoes"}
+NAME_RE = re.compile(r"^(MEN|WOMEN)-([A-Za-z_]+?)-id_(\d+)")  # gender, category, item
+# class-folder tree: split folder name -> the split the rest of the code reads
+# (FashionData trains on every split but "validation"; evaluate.py holds that one out)
+SPLIT_FOLDERS = {"train": "train", "validation": "validation", "val": "validation",
+                 "test": "validation"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_FOLDER_DEPTH = 8  # folders nested deeper than this inside a class folder are not read
+MAX_CAPTION_TXT = 64 * 1024  # bytes: a longer .txt beside a photo is not a caption
+SKIPPED_FOLDER = "folder of a kind not kept: "  # + the folder's name, counting its photos
 CACHE_VERSION = 3  # 3: photos with an EXIF orientation are cached upright
 BAD_CAPTION = "empty or non-text caption"  # the skip count of captions.json's unusable entries
 
@@ -78,7 +96,8 @@ def read_captions(data_dir) -> tuple[dict, int]:
     path = data_dir / "captions.json"
     if not path.is_file():
         raise UserError(f"{path} is missing: a DFMM folder needs captions.json "
-                        '({"<image>.jpg": "<caption>"})')
+                        '({"<image>.jpg": "<caption>"}) beside images/; photos in class folders '
+                        "(DIR/<kind>/*.jpg, DIR/train/<kind>/*.jpg) need none")
     raw = read_json(path, "captions file")
     if not isinstance(raw, dict):
         raise UserError(f"{path} must hold a JSON object mapping image names to captions, "
@@ -89,12 +108,10 @@ def read_captions(data_dir) -> tuple[dict, int]:
     return good, len(raw) - len(good)
 
 
-def normalise_kind(category: str):
-    return KIND_ALIASES.get(str(category).strip().lower().replace(" ", "-"))
-
-
 def read_labels_csv(data_dir) -> dict | None:
-    """{image: (kind or None, split)} from labels.csv, or None when there is none."""
+    """{image: (kind or None, split)} from labels.csv, or None when there is none. A
+    file with a split column gives every row a split (an empty cell: "train"); one
+    without it gives None, and list_jobs holds out garments itself (identity_split)."""
     path = Path(data_dir) / "labels.csv"
     if not path.is_file():
         return None
@@ -113,7 +130,9 @@ def read_labels_csv(data_dir) -> dict | None:
         i = col.get(name)
         return row[i].strip() if i is not None and i < len(row) else default
 
-    return {cell(r, "image"): (normalise_kind(cell(r, "category")), cell(r, "split") or "train")
+    has_split = "split" in col
+    return {cell(r, "image"): (normalise_kind(cell(r, "category")),
+                               (cell(r, "split") or "train") if has_split else None)
             for r in rows[1:] if cell(r, "image")}
 
 
@@ -126,65 +145,59 @@ def decode_text(data: bytes) -> str:
         return data.decode("latin-1")
 
 
+def read_caption_txt(path: Path) -> str | None:
+    """The sentences of a caption file beside a photo (<photo>.txt), on one line; None
+    when there is none. Raises OSError when it cannot be read or is too long."""
+    if not path.is_file():
+        return None
+    if path.stat().st_size > MAX_CAPTION_TXT:
+        raise OSError(f"longer than {MAX_CAPTION_TXT} bytes")
+    return " ".join(clean_text(decode_text(path.read_bytes())).split())
+
+
 def kind_from_name(name: str, category_map: dict):
     m = NAME_RE.match(name)
     return category_map.get(m.group(2)) if m else None
+
+
+HOLDOUT_SHARE = 0.1  # share of garments identity_split holds out
+
+
+def garment_identity(name: str) -> str:
+    """The garment a photo shows: DFMM's item id ("id_00000080" of
+    MEN-Denim-id_00000080-01_7_additional.jpg), else the file name itself.
+
+    DFMM keeps DeepFashion In-shop's paths, <gender>/<category>/id_<item>/<NN>_<view#>_
+    <view>.jpg, joined by dashes. The item id is what In-shop's own partition splits
+    by; the NN after it numbers photo sets of that same item, so all of them, with
+    every view, count as one garment."""
+    m = NAME_RE.match(name)
+    return f"id_{m.group(3)}" if m else name
+
+
+def identity_split(name: str) -> str:
+    """The split of a photo whose folder gives none: "validation" for about
+    HOLDOUT_SHARE of the garments, else "train".
+
+    Decided by a hash (SHA-256) of garment_identity(name) alone, so every view of one
+    garment, and the shoes cut from its photos, fall on the same side; the split does
+    not depend on file order, on the other files of the folder, on --seed or on the
+    Python process. A name that is not DFMM-style is its own identity: the file name
+    is hashed. Training never sees the "validation" side (FashionData), evaluate.py
+    scores on it."""
+    digest = hashlib.sha256(f"garment:{garment_identity(name)}".encode("utf-8", "surrogatepass"))
+    return "validation" if int(digest.hexdigest()[:8], 16) < HOLDOUT_SHARE * 2 ** 32 else "train"
 
 
 def segm_path(data_dir, image_name: str) -> Path:
     return Path(data_dir) / "segm" / (Path(image_name).stem + "_segm.png")
 
 
-# --------------------------------------------------------------------- garment captions
+# ----------------------------------------------------------- garment colours and texture
 #
-# A DFMM caption describes the whole outfit; a training sample is one garment's crop.
-# Each sample's captions are derived from the photo's caption and the garment's own
-# pixels: the caption's sentences about that garment, a sentence naming its colour
-# (measured from its parsing region, or the garment pixels of the crop, unless those
-# sentences already name one), its pattern and fabric from labels/texture when the
-# sentences lack them, plus short forms such as "a red floral dress". Training draws
-# one of them per step, so that a short typed prompt is as much in distribution as a
-# long DFMM sentence.
-
-# garment nouns -> the part of the outfit a sentence is about
-_GROUP_WORDS = {
-    "dress": r"dress(?:es)?|gown|jumpsuit|romper",
-    "upper": r"t-shirts?|tee|tees|shirts?|tops?|tanks?|sweaters?|blouses?|jumpers?|hoodies?|"
-             r"sweatshirts?|vests?|camisoles?|polos?",
-    "lower": r"pants|trousers|jeans|leggings|shorts|skirts?|joggers|tights",
-    "outer": r"jackets?|coats?|cardigans?|blazers?|outer clothing",
-    "footwear": r"shoes?|sneakers?|boots?|footwear|heels|sandals?|loafers?|slippers?",
-    "accessory": r"hats?|caps?|glasses|sunglasses|rings?|bracelets?|watch|belts?|scarf|"
-                 r"necklaces?|neckwear|bags?|socks|wrist|finger|accessor(?:y|ies)",
-}
-_GROUP_RE = {g: re.compile(r"\b(?:" + w + r")\b", re.I) for g, w in _GROUP_WORDS.items()}
-# which parts of the outfit describe each kind's crop, in order of preference
-KIND_GROUPS = {"t-shirt": ("upper",), "dress": ("dress", "upper"), "pants": ("lower",),
-               "leggings": ("lower",), "shoes": ("footwear",)}
-KIND_NOUN = {"t-shirt": "T-shirt", "dress": "dress", "pants": "pants", "leggings": "leggings",
-             "shoes": "shoes"}
-_SENTENCE_RE = re.compile(r"(?<=[.!?])\s+")
-
-
-def _word_finder(names, aliases):
-    """A function text -> the first of `names` or `aliases` in it (as a name), or None."""
-    rx = re.compile(r"\b(" + "|".join(sorted([*names, *aliases], key=len, reverse=True)) + r")\b",
-                    re.I)
-
-    def find(text: str):
-        m = rx.search(text)
-        return None if m is None else aliases.get(m.group(1).lower(), m.group(1).lower())
-    return find
-
-
-# the first colour word of a text as a vocabulary name ('gray' -> 'grey'), or None
-find_colour = _word_finder(COLOURS, COLOUR_ALIASES)
-# the first pattern word of a text as a PATTERNS name ('checked' -> 'lattice'), or None
-find_pattern = _word_finder(PATTERNS, PATTERN_ALIASES)
-_FABRIC_RE = re.compile(r"\b(" + "|".join(f for f in FABRICS if f != "other") + r")\b", re.I)
-# pattern_ann.txt / fabric_ann.txt columns (upper, lower, outer): which one each kind reads
-_TEXTURE_COLUMN = {"t-shirt": 0, "dress": 0, "pants": 1, "leggings": 1}
-
+# A sample's captions (captions.derive_captions) name its colour as measured here, from
+# the garment's own pixels, and its pattern and fabric from DFMM's texture labels when
+# the photo's sentences do not say them.
 
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) sRGB 0-255 -> CIELAB (D65)."""
@@ -239,23 +252,6 @@ def garment_pixels(crop: np.ndarray) -> np.ndarray:
     return crop[mask]
 
 
-def garment_sentences(caption: str, kind: str) -> list[str]:
-    """The sentences of an outfit caption about the garment of `kind`. A sentence that
-    names no garment ("It has a round neckline.") belongs to the one before it."""
-    picked, group = {}, None
-    for sent in (s.strip() for s in _SENTENCE_RE.split(caption)):
-        if not sent:
-            continue
-        hits = [(m.start(), g) for g, rx in _GROUP_RE.items() for m in [rx.search(sent)] if m]
-        if hits:
-            group = min(hits)[1]
-        picked.setdefault(group, []).append(sent)
-    for g in KIND_GROUPS[kind]:
-        if picked.get(g):
-            return picked[g]
-    return []
-
-
 def read_texture_labels(data_dir) -> dict:
     """{image: {"pattern": name or None, "fabric": name or None, per column}} from DFMM's
     labels/texture/{pattern,fabric}_ann.txt (`<image> upper lower outer`, code 7 = NA);
@@ -278,48 +274,6 @@ def read_texture_labels(data_dir) -> dict:
     return out
 
 
-def derive_captions(kind: str, caption: str, colour: str, texture: dict | None = None) -> dict:
-    """A garment sample's training captions and attributes.
-
-    kind: the sample's kind; caption: the photo's (outfit) caption; colour: the name
-    measured from the garment's pixels (used unless its sentences name one); texture:
-    this photo's read_texture_labels entry. Returns {"captions": [long, short, ...],
-    "colour", "pattern" (or None), "fabric" (or None)}; deterministic."""
-    sents = garment_sentences(caption, kind)
-    text = " ".join(sents)
-    col = _TEXTURE_COLUMN.get(kind)
-    named = find_colour(text)
-    colour = named or colour
-    pattern = find_pattern(text)
-    fabric = (m.group(1).lower() if (m := _FABRIC_RE.search(text)) else None)
-    if texture and col is not None:
-        pattern = pattern or (texture.get("pattern") or [None] * 3)[col]
-        fabric = fabric or (texture.get("fabric") or [None] * 3)[col]
-    noun = KIND_NOUN[kind]
-    if not sents:
-        sents = [f"A pair of {colour} shoes." if kind == "shoes" else f"A {colour} {noun}."]
-    elif not named:
-        verb = "are" if kind in ("pants", "leggings", "shoes") else "is"
-        sents = sents[:1] + [f"The {noun} {verb} {colour}."] + sents[1:]
-    if pattern and not find_pattern(" ".join(sents)):
-        sents.append(f"It has {pattern} patterns.")
-    if fabric and fabric != "other" and not _FABRIC_RE.search(" ".join(sents)):
-        sents.append(f"It is with {fabric} fabric.")
-    adj = {None: "", "pure color": "", "color block": "color-block ",
-           "lattice": "plaid "}.get(pattern, f"{pattern} ")
-    if kind in ("pants", "leggings", "shoes"):
-        article = "a pair of "
-    else:
-        article = "an " if colour[0] in "aeiou" else "a "
-    short = [f"{article}{colour} {adj}{noun}"]
-    if pattern:
-        short.append(f"{colour} {noun} with {pattern} patterns")
-    else:
-        short.append(f"{colour} {noun}")
-    return {"captions": [" ".join(sents)] + short, "colour": colour, "pattern": pattern,
-            "fabric": fabric}
-
-
 @dataclass
 class Job:
     image: str
@@ -329,6 +283,12 @@ class Job:
     shoes: bool  # also cut a shoes sample from the parsing map
     texture: dict  # read_texture_labels entry ({} when the folder has none)
     stamp: tuple = ()  # (size, mtime) of the photo and of its parsing map (None: no map)
+    root: str = "images"  # the folder under the data folder that `image` is a path in
+    parsing: bool = True  # segm/ may hold its parsing map (DFMM; class folders have none)
+
+
+def photo_path(data_dir, job: Job) -> Path:
+    return Path(data_dir) / job.root / job.image
 
 
 def file_stamp(path: Path):
@@ -344,8 +304,15 @@ def file_stamp(path: Path):
 
 def list_jobs(data_dir, cfg: Config):
     """Which images to decode and why. Returns (jobs, skipped counter, captions.json as
-    read)."""
+    read). A folder without images/ but with class folders is read by
+    list_class_folder_jobs; with both, images/ wins, and a line says so."""
     data_dir = Path(data_dir)
+    layout, named = folder_layout(data_dir)
+    if layout == "class folders":
+        return list_class_folder_jobs(data_dir, cfg)
+    if named:
+        print(f"note: {data_dir} holds images/ and class folders ({', '.join(named)}): "
+              "reading images/ + captions.json (the DFMM layout); the class folders are not read")
     captions, bad_captions = read_captions(data_dir)
     img_dir = data_dir / "images"
     if not img_dir.is_dir():
@@ -367,17 +334,200 @@ def list_jobs(data_dir, cfg: Config):
             skipped["unreadable image"] += 1
             continue
         if labels is not None:
-            kind, split = labels.get(name, (None, "train"))
+            kind, split = labels.get(name, (None, None))
             shoes = False  # labels.csv names the shoe images itself
         else:
-            kind, split = kind_from_name(name, cfg.category_map), "train"
+            kind, split = kind_from_name(name, cfg.category_map), None
             shoes = has_segm and segm_path(data_dir, name).is_file()
         if kind is None and not shoes:
             continue  # a kind we do not keep (Shorts, Skirts, ...): not an error
+        if split is None:  # the folder gives no split: hold out whole garments
+            split = identity_split(name)
         stamp = (photo, file_stamp(segm_path(data_dir, name)) if has_segm else None)
         jobs.append(Job(name, kind, captions[name], split, shoes, texture.get(name, {}), stamp))
     if not jobs and captions and not any(n in present for n in captions):
         raise UserError(f"none of the {len(captions)} images named in captions.json is in {img_dir}")
+    return jobs, skipped, captions
+
+
+# ------------------------------------------------------------------- class folders
+#
+# The most common layout of a labelled photo set: one folder per class, often under
+# split folders (torchvision's ImageFolder). The kind comes from the folder's name
+# through normalise_kind; folders of other kinds are skipped and counted by name.
+# Each photo's key is its path under DIR ("train/dress/abc.jpg"), so names may repeat
+# across folders. Its captions are derived as a DFMM garment's (derive_captions): the
+# measured colour, the kind noun and the short forms, after the photo's own sentences
+# from DIR/captions.json (keyed by that path or by the file name) and <photo>.txt.
+
+def folder_layout(data_dir) -> tuple[str, list]:
+    """("dfmm" or "class folders", the subfolders named after a kind or a split).
+    DFMM when DIR/images/ exists or no subfolder is so named (its errors then say what
+    a folder needs); class folders otherwise."""
+    data_dir = Path(data_dir)
+    named = [n for n, is_dir in _entries(data_dir, Counter())
+             if is_dir and (normalise_kind(n) or n.lower() in SPLIT_FOLDERS)]
+    layout = "dfmm" if (data_dir / "images").is_dir() or not named else "class folders"
+    return layout, named
+
+
+def _is_dir(entry) -> bool:
+    try:
+        return entry.is_dir()  # follows links
+    except OSError:
+        return False
+
+
+def _entries(folder: Path, skipped: Counter) -> list[tuple[str, bool]]:
+    """(name, is a folder) of the entries of `folder` in name order, hidden ones (.name)
+    left out; an unreadable folder and a name that is not UTF-8 are counted."""
+    try:
+        with os.scandir(folder) as it:
+            found = [(e.name, _is_dir(e)) for e in it if not e.name.startswith(".")]
+    except (OSError, ValueError):  # ValueError: a path the file system cannot encode
+        skipped["unreadable folder"] += 1
+        return []
+    out = []
+    for name, is_dir in sorted(found):
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            skipped["file or folder name that is not UTF-8"] += 1
+            continue
+        out.append((name, is_dir))
+    return out
+
+
+def _is_photo(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _folder_id(path: Path):
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def walk_photos(data_dir: Path, folder: str, skipped: Counter) -> list[str]:
+    """Keys ("folder/sub/abc.jpg", paths under data_dir) of the photos under `folder`,
+    by file suffix, at most MAX_FOLDER_DEPTH folders deep. Linked folders are followed
+    unless they lead back into the data folder (read in their own place) or above the
+    folder being read (a loop), and each folder is read once; those links are counted,
+    as are files that are not photos (the .txt captions aside)."""
+    root = os.path.realpath(data_dir)
+    photos, seen, todo = [], set(), [(folder, 0)]
+    while todo:
+        rel, depth = todo.pop()
+        here = os.path.realpath(data_dir / rel)
+        if here in seen:
+            skipped["folder reached twice through links"] += 1
+            continue
+        seen.add(here)
+        for name, is_dir in _entries(data_dir / rel, skipped):
+            key = f"{rel}/{name}"
+            if not is_dir:
+                if _is_photo(name):
+                    photos.append(key)
+                elif not name.lower().endswith(".txt"):
+                    skipped["not an image file"] += 1
+            elif depth >= MAX_FOLDER_DEPTH:
+                skipped[f"folder nested over {MAX_FOLDER_DEPTH} deep"] += 1
+            elif os.path.islink(data_dir / key) and (
+                    _inside(target := os.path.realpath(data_dir / key), root) or _inside(here, target)):
+                skipped["link back into the data folder or above (not followed)"] += 1
+            else:
+                todo.append((key, depth + 1))
+    return sorted(photos)
+
+
+def class_folders(data_dir: Path, cfg: Config, skipped: Counter) -> list[tuple[str, str]]:
+    """(folder under data_dir, split) of every class folder: DIR/<class> (split None:
+    decided per photo by identity_split) and DIR/<split>/<class>. The image cache, when it lies in DIR, is left out; photos
+    outside a class folder are counted."""
+    cache = _folder_id(cfg.resolved_cache_dir())
+    root = os.path.realpath(data_dir)
+
+    def folders(rel):
+        """The subfolders of rel, but a link to the data folder or above it (a loop)."""
+        for name, is_dir in _entries(data_dir / rel, skipped):
+            key = f"{rel}/{name}" if rel else name
+            if not is_dir:
+                skipped["photo outside a class folder"] += _is_photo(name)
+            elif _inside(root, os.path.realpath(data_dir / key)):
+                skipped["link back into the data folder or above (not followed)"] += 1
+            else:
+                yield name, key
+
+    out = []
+    for name, key in folders(""):
+        if name == "cache" or _folder_id(data_dir / name) == cache:
+            continue
+        split = SPLIT_FOLDERS.get(name.lower())
+        out += [(key, None)] if split is None else [(sub, split) for _, sub in folders(key)]
+    return out
+
+
+def folder_caption(kind: str, text: str) -> str:
+    """The source caption of a class-folder photo for derive_captions: its own
+    sentences, led by one naming its kind ("A dress.") when none of them does, so that
+    derive_captions keeps them as that garment's. "" without sentences."""
+    if not text or garment_sentences(text, kind):
+        return text
+    noun = KIND_NOUN[kind]
+    lead = f"A pair of {noun}." if kind in ("pants", "leggings", "shoes") else f"A {noun}."
+    return f"{lead} {text}"
+
+
+def list_class_folder_jobs(data_dir: Path, cfg: Config):
+    """list_jobs for a class-folder tree: (jobs, skipped counter, the photos' own
+    captions by key, from captions.json and the .txt files)."""
+    skipped = Counter()
+    given, bad = read_captions(data_dir) if (data_dir / "captions.json").is_file() else ({}, 0)
+    if bad:
+        skipped[BAD_CAPTION] += bad
+    jobs, captions, used = [], {}, set()
+    for folder, split in class_folders(data_dir, cfg, skipped):
+        name = folder.rsplit("/", 1)[-1]
+        kind = normalise_kind(name)
+        if kind is None:  # photos of a kind not kept; the junk in it is not counted
+            n = len(walk_photos(data_dir, folder, Counter()))
+            if n:
+                skipped[SKIPPED_FOLDER + name] += n
+            continue
+        keys = walk_photos(data_dir, folder, skipped)
+        if not keys:
+            skipped["empty class folder"] += 1
+        for key in keys:
+            photo = file_stamp(data_dir / key)
+            if photo is None:  # a dangling link, a folder, no permission
+                skipped["unreadable image"] += 1
+                continue
+            base = key.rsplit("/", 1)[-1]
+            own = [given.get(key, given.get(base, ""))]
+            used.update((key, base))
+            try:
+                own.append(read_caption_txt(data_dir / (os.path.splitext(key)[0] + ".txt")) or "")
+            except (OSError, ValueError):
+                skipped["unreadable caption .txt"] += 1
+            text = " ".join(t for t in own if t)
+            if text:
+                captions[key] = text
+            jobs.append(Job(key, kind, folder_caption(kind, text), split or identity_split(key),
+                            False, {}, (photo, None), root="", parsing=False))
+    skipped["image file missing"] += len(set(given) - used)
+    skipped = +skipped  # drop the reasons counted zero times
+    if not jobs:
+        folders = ", ".join(f"{k[len(SKIPPED_FOLDER):]} {v}" for k, v in sorted(skipped.items())
+                            if k.startswith(SKIPPED_FOLDER))
+        raise UserError(f"no photos of a kept kind in the class folders of {data_dir}"
+                        + (f" (skipped folders: {folders})" if folders else "")
+                        + "; the kinds are " + ", ".join(KINDS) + " and their synonyms")
     return jobs, skipped, captions
 
 
@@ -450,7 +600,7 @@ def _process(args):
     """Decode one photo into its samples. Returns (samples, [reasons to count])."""
     data_dir, job, size, labels, min_frac, margin = args
     try:
-        path = Path(data_dir) / "images" / job.image
+        path = photo_path(data_dir, job)
         if path.stat().st_size == 0:
             return [], ["unreadable image"]
         orig = _upright_size(path)
@@ -460,7 +610,8 @@ def _process(args):
         probe = _open_rgb(path, COLOUR_PROBE_SIZE) if size != COLOUR_PROBE_SIZE else img
     except Exception:  # truncated, not an image, decompression bomb, a dangling link, ...
         return [], ["unreadable image"]
-    segm, notes = _read_segm(segm_path(data_dir, job.image), orig), []
+    segm = _read_segm(segm_path(data_dir, job.image), orig) if job.parsing else None
+    notes = []
     if segm is False:
         segm = None
         notes.append("segm map unreadable or of another size (photo kept uncropped)")
@@ -689,6 +840,10 @@ class FashionData:
         if max_samples and max_samples < len(keep):  # a fixed spread over the whole set
             pick = np.random.default_rng(0).choice(len(keep), max_samples, replace=False)
             keep = keep[np.sort(pick)]
+        if len(keep) == 0 and split == "train" and index["n"]:
+            raise UserError(f"all {index['n']} samples are held out (split validation): "
+                            "training needs photos outside validation/, val/ and test/ "
+                            "(or labels.csv rows of another split)")
         if len(keep) == 0:
             raise UserError("no usable images of the five garment kinds were found "
                             f"(skipped: {index.get('skipped') or 'none'})")
@@ -845,9 +1000,34 @@ def show_samples(index: dict, n: int) -> str:
     return "\n".join(lines)
 
 
+def describe_index(index: dict, layout: str) -> str:
+    """What `python datasets.py` prints: the layout read, the samples per kind, how many
+    are held out, the folders and files skipped."""
+    counts = Counter(index["kinds"])
+    held = index["splits"].count("validation")
+    lines = ["layout: " + ("class folders (DIR/<kind>/*.jpg, DIR/<split>/<kind>/*.jpg)"
+                           if layout == "class folders" else "DFMM (images/ + captions.json)")]
+    lines += [f"{kind}: {counts.get(kind, 0)}" for kind in KINDS]
+    per_kind = Counter(k for k, s in zip(index["kinds"], index["splits"]) if s == "validation")
+    lines.append(f"held out: {held} of {index['n']} (split validation: never trained on, "
+                 "scored by evaluate.py): " + ", ".join(f"{per_kind[k]} {k}" for k in KINDS
+                                                        if per_kind[k]) if held else
+                 f"held out: 0 of {index['n']} (no validation split: evaluate.py holds out "
+                 "10% of each kind)")
+    skipped = dict(index["skipped"])
+    folders = {k[len(SKIPPED_FOLDER):]: skipped.pop(k) for k in sorted(skipped, key=str.lower)
+               if k.startswith(SKIPPED_FOLDER)}
+    if folders:
+        lines.append("skipped folders: " + ", ".join(f"{k} {v}" for k, v in folders.items()))
+    lines.append(f"skipped: {sum(skipped.values())}" +
+                 (" (" + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())) + ")"
+                  if skipped else ""))
+    return "\n".join(lines)
+
+
 def build_parser() -> CliParser:
-    p = CliParser(description="Count the garment kinds of a DFMM-layout folder and build its "
-                              "image cache.")
+    p = CliParser(description="Count the garment kinds of a DFMM or class-folder tree, show "
+                              "how many photos are held out, and build its image cache.")
     p.add_argument("--data_dir", required=True, type=flag_type(TEXT))
     p.add_argument("--size", type=flag_type(power_of_two(8, 2048)), default=64,
                    help="cache resolution to build (default 64)")
@@ -862,13 +1042,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir).validate()
         index = prepare(cfg, args.size)
-        counts = Counter(index["kinds"])
-        for kind in KINDS:
-            print(f"{kind}: {counts.get(kind, 0)}")
-        skipped = index["skipped"]
-        print(f"skipped: {sum(skipped.values())}" +
-              (" (" + ", ".join(f"{v} {k}" for k, v in sorted(skipped.items())) + ")"
-               if skipped else ""))
+        print(describe_index(index, folder_layout(cfg.resolved_data_dir())[0]))
         for k, v in sorted(index.get("notes", {}).items()):
             print(f"note: {v} {k}")
         if args.show:

@@ -147,8 +147,8 @@ def check_cache(cache: dict, captions: dict, model_name: str, path, data_dir=Non
         raise UserError(f"{path} was made with text model {cache['model']!r}, but this run uses "
                         f"{model_name!r}. Re-encode the captions: {fix}")
     if cache["captions_hash"] != captions_hash(captions):
-        raise UserError(f"{path} was made from other captions than the current captions.json "
-                        f"(stale cache). Re-encode them: {fix}")
+        raise UserError(f"{path} was made from other captions than the data's current ones "
+                        f"(captions.json, <photo>.txt; stale cache). Re-encode them: {fix}")
 
 
 def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, data_dir=None,
@@ -192,7 +192,7 @@ def load_data(cfg: Config, size: int, split: str | None = "train", progress: boo
 def build_parser() -> CliParser:
     p = CliParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data_dir", required=True, type=flag_type(TEXT),
-                   help="DFMM-layout folder with captions.json")
+                   help="DFMM folder (images/ + captions.json) or class folders (DIR/<kind>/)")
     p.add_argument("--text_model", default=DEFAULT_TEXT_MODEL, type=flag_type(TEXT),
                    help="SentenceTransformer name or path (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--out", default=None, type=flag_type(PATH),
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         cfg = Config(data_dir=args.data_dir, cache_dir=args.cache_dir,
                      text_model=args.text_model).validate()
-        # the training captions are derived per garment sample (datasets.derive_captions),
+        # the training captions are derived per garment sample (captions.derive_captions),
         # which reads the images: build (or reuse) the 64 px cache that holds them
         index = datasets.prepare(cfg, 64)
         captions, texts = index["caption_file"], datasets.caption_texts(index)

@@ -17,8 +17,9 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from config import FIELD_RULES, KINDS, PRESETS, CliParser, Config, flag_type, preset_values, yes_no
-from sample import export_generator, generate, generator_path, read_prompts, sweep_prompts
+from captions import KINDS, sweep_prompts
+from config import FIELD_RULES, PRESETS, CliParser, Config, flag_type, preset_values, yes_no
+from sample import export_generator, generate, generator_path, read_prompts
 from train import train
 from utils import human_bytes, run_cli
 
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's)")
     path = flag_type(FIELD_RULES["data_dir"])  # a file or folder name
     p.add_argument("--data_dir", default=None, type=path,
-                   help="DFMM-layout folder; omitted: the built-in synthetic garments")
+                   help="DFMM folder (images/ + captions.json) or class folders "
+                        "(DIR/<kind>/, DIR/train/<kind>/); omitted: the built-in synthetic garments")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="settings under the flags: builtin (narrower networks, 30 epochs), "
                         "stackgan (config.Config's defaults) or photos (a photo folder on a "

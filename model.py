@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from config import COLOURS, FUSIONS, KINDS, PATTERNS, Config
+from captions import COLOURS, KINDS, PATTERNS
+from config import FUSIONS, Config
 
 
 def _log2(n: int, what: str) -> int:

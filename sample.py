@@ -2,6 +2,8 @@
 
 `Drawer` is the one generation path: `python main.py --train n`, the designers' page
 (app.py), evaluate.py and bench.py all draw through it or through `sample_images`.
+A Russian prompt is drawn from its English reading (captions.read_prompt); `Drawer.notes`
+says what was drawn and which words the model's training captions never had.
 """
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+import captions
+from captions import Reading, unseen_words
 from config import Config
-from datasets import KIND_NOUN, derive_captions
 from get_embeddings import encode_texts, load_text_model, too_long
 from model import Stage1_G, Stage2_G
 from utils import (UserError, _atomic_write, autocast, check_writable_dir, clean_text,
@@ -79,20 +82,6 @@ def export_generator(src, dst) -> Path:
 
 # ------------------------------------------------------------------------ generation
 
-SWEEP_COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "black")
-SWEEP_PATTERNS = ("pure color", "striped", "dotted", "lattice", "floral")
-
-
-def sweep_prompts(what: str, kind: str) -> list[str]:
-    """Short prompts, in the form of the training captions' short forms, that differ in
-    one attribute: "a red dress", "an orange dress", ... (colour) or "a red dress",
-    "a red striped dress", ... (pattern)."""
-    if what == "colour":
-        return [derive_captions(kind, "", c)["captions"][1] for c in SWEEP_COLOURS]
-    return [derive_captions(kind, f"The {KIND_NOUN[kind]} has {p} patterns.", "red")["captions"][1]
-            for p in SWEEP_PATTERNS]
-
-
 def read_prompts(prompts, prompts_file) -> list[str]:
     out = list(prompts or [])
     if prompts_file:
@@ -121,21 +110,27 @@ def slug(text: str, n: int = 40) -> str:
 
 @torch.no_grad()
 def sample_images(netG, emb: torch.Tensor, n: int, seed: int, batch: int = 64,
-                  bf16: bool = False) -> torch.Tensor:
+                  bf16: bool = False, with_drafts: bool = False):
     """n images per text embedding, (len(emb)*n, 3, S, S) on the CPU; the same seed gives
-    the same images (noise and conditioning-augmentation samples are both seeded)."""
+    the same images (noise and conditioning-augmentation samples are both seeded).
+    with_drafts (a Stage-II netG): (images, the Stage-I drafts they were refined from)."""
     device = emb.device
     z = torch.randn(len(emb), n, netG.z_dim, generator=torch.Generator().manual_seed(seed))
     flat_emb, flat_z = emb.repeat_interleave(n, 0), z.flatten(0, 1).to(device)
-    images = []
+    images, drafts = [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for s in tqdm(range(0, len(flat_z), batch), desc="generating", unit="batch",
                       disable=len(flat_z) <= batch):
             with autocast(device, bf16):
-                img, _, _ = netG(flat_emb[s:s + batch], flat_z[s:s + batch])
+                if with_drafts:
+                    img, _, _, low = netG(flat_emb[s:s + batch], flat_z[s:s + batch],
+                                          return_stage1=True)
+                    drafts.append(low.float().cpu())
+                else:
+                    img, _, _ = netG(flat_emb[s:s + batch], flat_z[s:s + batch])
             images.append(img.float().cpu())
-    return torch.cat(images)
+    return (torch.cat(images), torch.cat(drafts)) if with_drafts else torch.cat(images)
 
 
 TRAIN_STAGE1 = "python main.py --train y --stage 1"
@@ -160,15 +155,27 @@ def generator_path(out_dir, net_g=None, stage=None) -> Path:
     return Path(path)
 
 
+def read_prompt(prompt: str) -> Reading:
+    """captions.read_prompt, with a missing install of the Russian dictionaries as a
+    one-line error."""
+    try:
+        return captions.read_prompt(prompt)
+    except captions.MissingAnalyser as e:
+        raise UserError(str(e)) from None
+
+
 class Drawer:
     """A generator and the text encoder of its training captions, both loaded once;
     `draw` turns prompts into images. The generation path of `--train n` and of the web
-    page (app.py, timed by `bench.py --app`)."""
+    page (app.py, timed by `bench.py --app`). `vocabulary`: the words of its training
+    captions (the checkpoint's "vocabulary" entry; None for a checkpoint saved before
+    it was kept)."""
 
     def __init__(self, netG, cfg: Config, device, amp: str = "auto", channels_last: bool = True,
-                 path=None):
+                 path=None, vocabulary=None):
         self.device = torch.device(device)
         self.netG, self.cfg, self.path = netG.to(self.device).eval(), cfg, path
+        self.vocabulary = frozenset(vocabulary) if vocabulary is not None else None
         self.bf16 = use_bf16(amp, self.device)
         if channels_last:
             self.netG.to(memory_format=torch.channels_last)
@@ -176,8 +183,36 @@ class Drawer:
 
     @classmethod
     def load(cls, path, device, stage=None, amp: str = "auto", channels_last: bool = True):
-        netG, cfg, _ = load_generator(path, device, expect_stage=stage)
-        return cls(netG, cfg, device, amp, channels_last, path=Path(path))
+        netG, cfg, state = load_generator(path, device, expect_stage=stage)
+        return cls(netG, cfg, device, amp, channels_last, path=Path(path),
+                   vocabulary=state.get("vocabulary"))
+
+    def read(self, prompts) -> list[Reading]:
+        """Each prompt as the text encoder reads it: English as typed, Russian translated."""
+        return [read_prompt(p) for p in prompts]
+
+    def notes(self, reading: Reading) -> list[str]:
+        """What a user is told about one prompt: "drawn as: a red dress with lace", the
+        Russian words left untranslated, and "not in the training captions: lace (the
+        model cannot draw it)" (only when the checkpoint keeps its vocabulary)."""
+        out = [f"drawn as: {reading.text}"] if reading.translated else []
+        if reading.untranslated:
+            out.append("no English for: " + ", ".join(reading.untranslated)
+                       + " (kept as written; the text encoder reads English)")
+        unseen = unseen_words(reading.text, self.vocabulary) if self.vocabulary else []
+        if unseen:
+            out.append("not in the training captions: " + ", ".join(unseen)
+                       + f" (the model cannot draw {'it' if len(unseen) == 1 else 'them'})")
+        return out
+
+    @property
+    def vocabulary_note(self) -> str | None:
+        """Why words the model never saw are not named, or None when they are."""
+        if self.vocabulary is not None:
+            return None
+        where = f"{self.path} records" if self.path is not None else "this generator has"
+        return (f"{where} no vocabulary of its training captions (saved by an earlier "
+                "version): words the model never saw are not named")
 
     @property
     def sizes(self) -> dict[int, int]:
@@ -199,27 +234,37 @@ class Drawer:
         if stage not in (None, *self.sizes):
             raise UserError(f"this Stage-{self.cfg.stage} generator cannot draw Stage {stage}")
         net = self.netG.stage1 if stage == 1 and self.cfg.stage == 2 else self.netG
-        emb = torch.from_numpy(encode_texts(prompts, self.cfg.text_model)).to(self.device)
+        texts = [r.text for r in self.read(prompts)]  # English prompts: the very same strings
+        emb = torch.from_numpy(encode_texts(texts, self.cfg.text_model)).to(self.device)
         return sample_images(net, emb, n, seed, bf16=self.bf16)
 
 
 @torch.no_grad()
 def generate(cfg: Config, net_g, prompts, stage=None, name: str = "grid") -> Path:
     """Draw cfg.n_samples images per prompt: OUT_DIR/generated/<name>.png (one row per
-    prompt) and one PNG per image."""
+    prompt) and one PNG per image; a Russian prompt is drawn (and its files named) from
+    its English reading, which is printed with the words the model never saw."""
     device = resolve_device(cfg.device)
     net_g = generator_path(cfg.out_dir, net_g, stage)
     drawer = Drawer.load(net_g, device, stage, cfg.amp, cfg.channels_last)
     out = check_writable_dir(Path(cfg.out_dir) / "generated")
-    for i in drawer.too_long(prompts):
+    readings = drawer.read(prompts)
+    for i, r in enumerate(readings):
+        for note in drawer.notes(r):
+            print(f"prompt {i + 1} ({r.prompt[:60]}): {note}")
+    if drawer.vocabulary_note:
+        print(f"note: {drawer.vocabulary_note}")
+    texts = [r.text for r in readings]
+    for i in drawer.too_long(texts):
         print(f"note: prompt {i + 1} is longer than the text encoder reads; only its start is used")
     n = cfg.n_samples
     images = drawer.draw(prompts, n, cfg.seed)
-    grid = save_grid(images, out / f"{name}.png", nrow=n, row_labels=prompts)
+    labels = [f"{r.prompt} → {r.text}" if r.translated else r.prompt for r in readings]
+    grid = save_grid(images, out / f"{name}.png", nrow=n, row_labels=labels)
     pix = to_uint8(images)
-    for i, p in enumerate(prompts):
+    for i, t in enumerate(texts):
         for k in range(n):
-            _atomic_write(out / f"{i:03d}_{slug(p)}_{k}.png",
+            _atomic_write(out / f"{i:03d}_{slug(t)}_{k}.png",
                           lambda f, im=Image.fromarray(pix[i * n + k]): im.save(f, format="PNG"))
     print(f"wrote {grid} ({len(prompts)} prompts x {n} samples, stage {drawer.cfg.stage}, "
           f"{images.shape[-1]}px) and {len(prompts) * n} single images in {out}")

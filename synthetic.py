@@ -61,7 +61,7 @@ each image is drawn with its own child generator spawned from the same seed,
 so the same seed writes byte-identical files whatever the number of workers.
 
 It is the longest file because it draws five garments with their variants and
-patterns; it is self-contained (NumPy, Pillow, tqdm and config.py's vocabulary), and
+patterns; it is self-contained (NumPy, Pillow, tqdm and captions.py's vocabulary), and
 nothing else needs to be read to follow the rest of the repository.
 """
 
@@ -82,13 +82,13 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from config import (COLOURS, KINDS, PARSING_LABELS, SEED, TEXT, CliParser, UserError, flag_type,
-                    whole)
-from config import PATTERNS as VOCAB_PATTERNS
+from captions import COLOURS, KINDS
+from captions import PATTERNS as VOCAB_PATTERNS
+from config import PARSING_LABELS, SEED, TEXT, CliParser, UserError, flag_type, whole
 
 VERSION = 2
 
-# The painted shade of each colour: the first reference shade of config.COLOURS, in the
+# The painted shade of each colour: the first reference shade of captions.COLOURS, in the
 # order colours are drawn (far apart from each other; "white" sits a little above the
 # background brightness, and every garment also gets a dark outline so white garments
 # stay visible).
@@ -100,7 +100,7 @@ PATTERNS = ("solid", "striped", "dotted", "checked", "floral", "graphic")
 FABRIC_IDS = {"denim": 0, "cotton": 1, "leather": 2, "furry": 3, "knitted": 4, "chiffon": 5, "other": 6}
 NA_TEXTURE = 7
 
-# The vocabulary name (config.PATTERNS) of each pattern drawn here, as labels.csv writes it.
+# The vocabulary name (captions.PATTERNS) of each pattern drawn here, as labels.csv writes it.
 PATTERN_NAMES = {"solid": "pure color", "striped": "striped", "dotted": "dotted",
                  "checked": "lattice", "floral": "floral", "graphic": "graphic"}
 # its DFMM pattern_ann.txt code: the vocabulary lists the patterns in DFMM's code order
@@ -228,7 +228,7 @@ def _caption(rng, s):
     """A DFMM-style caption: shape, fabric and pattern class of the garment, no colour
     (DFMM captions name none), and often a sentence about another part of the outfit,
     as DFMM describes the whole person. The colour reaches the training captions only
-    through datasets.derive_captions, which measures it from the garment's pixels."""
+    as datasets.py measures it from the garment's pixels (captions.derive_captions)."""
     kind = s["kind"]
     who = "lady" if s["gender"] == "WOMEN" else "gentleman"
     pword = _pick(rng, PATTERN_WORDS[s["pattern"]])

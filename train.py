@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 import distributed as dist
-from config import ARCH_FIELDS, FIELD_RULES, KINDS, Config
+from captions import KINDS, caption_vocabulary
+from config import ARCH_FIELDS, FIELD_RULES, Config
 from datasets import prepare
 from get_embeddings import load_data
 from model import Stage1_G, build_models
@@ -405,6 +406,7 @@ class Snapshots:
         self.bf16, self.run, self.log, self.main_proc = bf16, run, log, main_proc
         self.last = out / "last.pt"
         self.rows = snapshot_rows(data)
+        self.vocabulary = caption_vocabulary(data.captions)  # the words the model was shown
         self.noise = torch.randn(len(self.rows), 4 if cfg.stage == 1 else 2, cfg.z_dim,
                                  generator=torch.Generator().manual_seed(cfg.seed + 999)).to(device)
 
@@ -426,7 +428,8 @@ class Snapshots:
                 "epoch": epoch, "batch": batch, "step": step, "rng": rng_state(rng),
                 "augment": nets.ada.state_dict() if nets.ada is not None else None,
                 "config": cfg.to_dict(), "wandb_id": self.run.id if self.run is not None else None,
-                "stage1_config": self.stage1_cfg.to_dict() if self.stage1_cfg else None}
+                "stage1_config": self.stage1_cfg.to_dict() if self.stage1_cfg else None,
+                "vocabulary": self.vocabulary}
         keep = cfg.keep_checkpoints
         tagged = self.out / "checkpoints" / f"{tag}.pt" if keep else None
         self.check_room(ckpt, tag, copies=2 if keep else 1)  # before anything is written

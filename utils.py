@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -11,7 +13,6 @@ import re
 import shutil
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -586,16 +587,58 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+LABEL_FONT = "DejaVuSans.ttf"
+
+
+@functools.lru_cache(maxsize=1)
+def label_font_path() -> str | None:
+    """DejaVu Sans, which matplotlib ships in its data folder (what matplotlib.get_data_path()
+    names, found here without importing matplotlib): it has the glyphs of accented Latin,
+    Cyrillic and Greek, which PIL's default font draws as empty boxes. None without it."""
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "mpl-data" / "fonts" / "ttf" / LABEL_FONT
+        if path.is_file():
+            return str(path)
+    return None
+
+
 def _font(size: int):
+    """The label font at `size` px: DejaVu Sans, else PIL's default font."""
+    path = label_font_path()
+    if path is not None:
+        try:
+            return ImageFont.truetype(path, size)
+        except OSError:  # Pillow built without FreeType
+            pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow built without FreeType
         return ImageFont.load_default()
 
 
+def wrap_text(text: str, font, width: float) -> list[str]:
+    """`text` in lines no wider than `width` pixels in `font`, broken between words; a
+    word wider than a line is broken inside."""
+    lines, line = [], ""
+    for word in text.split():
+        if font.getlength(f"{line} {word}" if line else word) <= width:
+            line = f"{line} {word}" if line else word
+            continue
+        if line:
+            lines.append(line)
+        while len(word) > 1 and font.getlength(word) > width:
+            k = max(1, next((k for k in range(len(word) - 1, 0, -1)
+                             if font.getlength(word[:k]) <= width), 1))
+            lines.append(word[:k])
+            word = word[k:]
+        line = word
+    return lines + [line] if line else lines
+
+
 def save_grid(images: torch.Tensor, path, nrow: int = 8, row_labels=None) -> Path:
     """Write a PNG grid of (N,3,H,W) images in [-1,1], `nrow` per row. `row_labels`: one
-    per row, printed in a column to the left."""
+    per row, printed in a column to the left (in DejaVu Sans: Cyrillic and accents too)."""
     images = images.detach().float().cpu()
     n, _, h, w = images.shape
     font_size = max(11, h // 14)  # readable beside 256 px images too
@@ -606,8 +649,8 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, row_labels=None) -> Pat
     label_w = 0
     if row_labels is not None:
         label_w = 200 * font_size // 11
-        lab_chars = int(label_w / (font_size * 0.55))
-        row_wrapped = [textwrap.wrap(t, lab_chars)[: max(1, h // line_h)] for t in row_labels]
+        row_wrapped = [wrap_text(t, font, label_w - 2 * pad)[: max(1, h // line_h)]
+                       for t in row_labels]
     rows = (n + nrow - 1) // nrow
     canvas = Image.new("RGB", (label_w + nrow * cell_w + pad, rows * cell_h + pad), "white")
     pix = to_uint8(images)
@@ -627,9 +670,12 @@ def save_grid(images: torch.Tensor, path, nrow: int = 8, row_labels=None) -> Pat
 # --------------------------------------------------------------------- checkpoints
 
 # the entries of a training checkpoint; a generator needs the first two (and
-# stage1_config for Stage II), resuming a training run needs RESUME_KEYS too
+# stage1_config for Stage II), resuming a training run needs RESUME_KEYS too;
+# "vocabulary": the words of the training captions (captions.caption_vocabulary),
+# which checkpoints written before it lack
 CHECKPOINT_KEYS = ("netG", "config", "netD", "netG_ema", "optG", "optD", "schedG", "schedD",
-                   "epoch", "batch", "step", "rng", "wandb_id", "stage1_config", "augment")
+                   "epoch", "batch", "step", "rng", "wandb_id", "stage1_config", "vocabulary",
+                   "augment")
 RESUME_KEYS = ("netD", "optG", "optD", "schedG", "schedD", "epoch", "step")
 # the entries of a generator exported to share (sample.export_generator): its EMA
 # weights as netG, settings, text model, vocabulary and the SHA-256 of the weights
@@ -762,6 +808,10 @@ def load_checkpoint(path, map_location="cpu", resume: bool = False) -> dict:
     for key in ("netG", "netD", "netG_ema"):
         if key in state and not (_is_state_dict(state[key]) or (key != "netG" and state[key] is None)):
             raise UserError(f"{path}: its '{key}' entry is not a state dict of weights")
+    vocabulary = state.get("vocabulary")
+    if vocabulary is not None and not (isinstance(vocabulary, list)
+                                       and all(isinstance(w, str) for w in vocabulary)):
+        raise UserError(f"{path}: its 'vocabulary' entry is not a list of words")
     if resume and not all(isinstance(state[k], int) and state[k] >= 0
                           for k in ("epoch", "step") + (("batch",) if "batch" in state else ())):
         raise UserError(f"{path}: its epoch, batch and step entries are not counts")

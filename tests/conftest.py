@@ -40,8 +40,10 @@ def draw_person(rng, kind, color, shoes_color):
     return img, segm
 
 
-def write_dfmm(root: Path, per_category: int = 2, with_segm=True, seed: int = 0) -> dict:
-    """A tiny DFMM-layout folder covering every category token. Returns expectations."""
+def write_dfmm(root: Path, per_category: int = 2, with_segm=True, seed: int = 0,
+               ids=None) -> dict:
+    """A tiny DFMM-layout folder covering every category token, photo n (1, 2, ...)
+    showing garment id_<ids[n - 1]> (default: id_<n>). Returns expectations."""
     rng = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True)
     if with_segm:
@@ -54,7 +56,8 @@ def write_dfmm(root: Path, per_category: int = 2, with_segm=True, seed: int = 0)
         for k in range(per_category):
             n += 1
             gender = "WOMEN" if kind in ("dress", "leggings") or k % 2 else "MEN"
-            name = f"{gender}-{token}-id_{n:08d}-01_{1 + k % 2}_{'front' if k % 2 == 0 else 'side'}.jpg"
+            item = n if ids is None else ids[n - 1]
+            name = f"{gender}-{token}-id_{item:08d}-01_{1 + k % 2}_{'front' if k % 2 == 0 else 'side'}.jpg"
             cname = list(COLORS)[(n + k) % len(COLORS)]
             img, segm = draw_person(rng, kind, COLORS[cname], COLORS["black"])
             Image.fromarray(img).save(root / "images" / name, quality=90)

@@ -19,16 +19,23 @@ from PIL import Image
 
 import app
 import main
+from captions import caption_vocabulary
 from config import Config
 from model import Stage1_G, Stage2_G
 from utils import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(stage1_size=16, stage2_size=64, gf_dim=4, r_num=1)  # a 16 px -> 64 px generator
+# the words of the page's checkpoint's training captions: no "lace" among them
+VOCABULARY = caption_vocabulary(["The lady wears a short dress. The dress is red. It has "
+                                 "floral patterns. It is with chiffon fabric.",
+                                 "a pair of black leggings", "a white striped T-shirt",
+                                 "a pair of navy pants", "a pair of white shoes"])
 
 
-def write_tiny_checkpoint(out_dir: Path, stage: int = 2) -> Path:
-    """OUT_DIR/stage<N>/last.pt in the format training writes, with fresh weights."""
+def write_tiny_checkpoint(out_dir: Path, stage: int = 2, vocabulary=None) -> Path:
+    """OUT_DIR/stage<N>/last.pt in the format training writes, with fresh weights;
+    `vocabulary`: its training captions' words (None: as saved before they were kept)."""
     torch.manual_seed(0)
     cfg1 = Config(stage=1, **TINY)
     g1 = Stage1_G(cfg1)
@@ -39,13 +46,15 @@ def write_tiny_checkpoint(out_dir: Path, stage: int = 2) -> Path:
         cfg2 = Config(stage=2, **TINY)
         state = {"netG": Stage2_G(cfg2, g1).state_dict(), "netG_ema": None,
                  "config": cfg2.to_dict(), "stage1_config": cfg1.to_dict()}
+    if vocabulary is not None:
+        state["vocabulary"] = vocabulary
     return save_checkpoint(state, out_dir / f"stage{stage}" / "last.pt")
 
 
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("app_out")
-    write_tiny_checkpoint(out)
+    write_tiny_checkpoint(out, vocabulary=VOCABULARY)
     return out
 
 
@@ -135,14 +144,40 @@ def test_too_many_prompts_is_a_message(studio):
     assert r.images == [] and f"at most {app.MAX_PROMPTS}" in r.message
 
 
+def test_a_russian_description_is_drawn_from_its_english_and_said_so(studio):
+    r = studio.handle("красное платье с кружевом\na red floral dress\nчёрные лосины", 1, 0, None)
+    assert len(r.images) == 3
+    assert ("Description 1: drawn as: a red dress with lace; not in the training captions: "
+            "lace (the model cannot draw it).") in r.message
+    assert "Description 2" not in r.message  # English, and every word known
+    assert "Description 3: drawn as: a pair of black leggings." in r.message
+    assert r.captions == ["красное платье с кружевом → a red dress with lace",
+                          "a red floral dress", "чёрные лосины → a pair of black leggings"]
+    assert [Path(p).name[5:] for p in r.images] == ["a-red-dress-with-lace.png",
+                                                    "a-red-floral-dress.png",
+                                                    "a-pair-of-black-leggings.png"]
+    # the same English texts, the same images
+    same = studio.handle("a red dress with lace\na red floral dress\na pair of black leggings",
+                         1, 0, None)
+    assert all(np.array_equal(x, y) for x, y in zip(pixels(same.images), pixels(r.images)))
+    r = studio.handle("платье с воланчиками", 1, 0, None)
+    assert "no English for: воланчиками (kept as written" in r.message
+    known = studio.known()
+    assert "dress (платье)" in known and "red (красный)" in known and "chiffon" in known
+    assert "floral (в цветочек)" in known and "lace" not in known and "beige" not in known
+
+
 def test_no_checkpoint_says_which_command_trains_one_then_finds_it(tmp_path):
     s = app.Studio(tmp_path, device="cpu")
     r = s.handle("a red dress", 1, 0, None)
     assert r.images == [] and "python main.py --train y --stage 1" in r.message
     assert s.describe() == r.message
     write_tiny_checkpoint(tmp_path, stage=1)  # training finished while the page was open
-    r = s.handle("a red dress", 1, 0, None)
+    r = s.handle("a red dress with lace", 1, 0, None)
     assert len(r.images) == 1 and r.size == 16
+    # saved without the vocabulary of its captions: unknown words cannot be named, it says so
+    assert "not in the training" not in r.message and "records no vocabulary" in s.describe()
+    assert "the repository's vocabulary" in s.known() and "beige (бежевый)" in s.known()
 
 
 def test_damaged_checkpoint_is_a_one_line_message(tmp_path, out_dir):
@@ -323,3 +358,30 @@ def test_page_in_a_real_browser(chromium, server, browser, tmp_path):
     assert css("#gallery img") == []
     assert "Traceback" not in browser.page_source
 
+
+
+def test_a_russian_description_in_a_real_browser(chromium, server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def css(sel):
+        return browser.find_elements(By.CSS_SELECTOR, sel)
+
+    def text(sel):
+        return " ".join(e.text for e in css(sel))
+
+    wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+    browser.get(server)
+    wait.until(lambda d: "dress (платье)" in text("#known"))  # what the model knows
+    assert "red (красный)" in text("#known") and "lace" not in text("#known")
+    box = wait.until(lambda d: css("#prompts textarea"))[0]
+    box.send_keys("красное платье с кружевом")
+    css("#generate")[0].click()
+    wait.until(lambda d: "images of 64 px" in text("#status"))
+    assert "drawn as: a red dress with lace" in text("#status")
+    assert "not in the training captions: lace (the model cannot draw it)" in text("#status")
+    imgs = wait.until(lambda d: len(css("#gallery img")) == app.DEFAULT_PER_PROMPT
+                      and css("#gallery img"))
+    assert [i.get_attribute("alt") for i in imgs] == \
+        ["красное платье с кружевом → a red dress with lace"] * app.DEFAULT_PER_PROMPT
+    assert "Traceback" not in browser.page_source

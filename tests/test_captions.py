@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import captions
 import datasets as ds
-from config import COLOURS, Config
+from captions import COLOURS
+from config import Config
 
 # DFMM writes captions like these: the whole outfit, by shape, fabric and pattern class
 DFMM_CAPTION = ("This person is wearing a long-sleeve sweater with pure color patterns. The sweater "
@@ -59,46 +61,46 @@ def test_two_colour_garment_is_named_by_its_main_colour():
 
 
 def test_sentences_are_selected_per_garment_kind():
-    top = ds.garment_sentences(DFMM_CAPTION, "t-shirt")
+    top = captions.garment_sentences(DFMM_CAPTION, "t-shirt")
     assert top == ["This person is wearing a long-sleeve sweater with pure color patterns.",
                    "The sweater is with cotton fabric and its neckline is v-shape."]
-    lower = ds.garment_sentences(DFMM_CAPTION, "pants")
+    lower = captions.garment_sentences(DFMM_CAPTION, "pants")
     assert lower == ["This person wears a long trousers.",
                      "The trousers are with denim fabric and striped patterns."]
-    assert ds.garment_sentences(DFMM_CAPTION, "leggings") == lower
-    assert ds.garment_sentences(DFMM_CAPTION, "shoes") == ["This woman wears a pair of sneakers."]
+    assert captions.garment_sentences(DFMM_CAPTION, "leggings") == lower
+    assert captions.garment_sentences(DFMM_CAPTION, "shoes") == ["This woman wears a pair of sneakers."]
     # a pronoun sentence stays with its garment; accessories go nowhere
-    assert ds.garment_sentences(DFMM_DRESS, "dress") == [
+    assert captions.garment_sentences(DFMM_DRESS, "dress") == [
         "The lady wears a sleeveless dress with floral patterns.", "It has a round neckline.",
         "The dress is with chiffon fabric."]
     # a dress photo described as top and skirt falls back to the top's sentences
-    assert ds.garment_sentences("Her tank top is with graphic patterns. The skirt is short.",
+    assert captions.garment_sentences("Her tank top is with graphic patterns. The skirt is short.",
                                 "dress") == ["Her tank top is with graphic patterns."]
-    assert ds.garment_sentences("There is a ring on her finger.", "pants") == []
+    assert captions.garment_sentences("There is a ring on her finger.", "pants") == []
 
 
 def test_derived_captions_per_kind_keep_only_that_garment():
-    pants = ds.derive_captions("pants", DFMM_CAPTION, "navy")
+    pants = captions.derive_captions("pants", DFMM_CAPTION, "navy")
     assert pants["captions"][0] == ("This person wears a long trousers. The pants are navy. "
                                     "The trousers are with denim fabric and striped patterns.")
     assert (pants["colour"], pants["pattern"]) == ("navy", "striped")
     assert "sweater" not in " ".join(pants["captions"])
-    top = ds.derive_captions("t-shirt", DFMM_CAPTION, "red")
+    top = captions.derive_captions("t-shirt", DFMM_CAPTION, "red")
     assert top["pattern"] == "pure color" and top["captions"][1] == "a red T-shirt"
-    shoes = ds.derive_captions("shoes", DFMM_CAPTION, "white")
+    shoes = captions.derive_captions("shoes", DFMM_CAPTION, "white")
     assert shoes["captions"][0] == "This woman wears a pair of sneakers. The shoes are white."
     # no sentence about the garment at all: a plain one
-    none = ds.derive_captions("leggings", "There is a ring on her finger.", "black")
+    none = captions.derive_captions("leggings", "There is a ring on her finger.", "black")
     assert none["captions"][:2] == ["A black leggings.", "a pair of black leggings"]
     # deterministic
-    assert ds.derive_captions("pants", DFMM_CAPTION, "navy") == pants
+    assert captions.derive_captions("pants", DFMM_CAPTION, "navy") == pants
 
 
 def test_captions_that_name_a_colour_keep_it():
-    d = ds.derive_captions("dress", "A black dress.", "red")  # clothing-small style
+    d = captions.derive_captions("dress", "A black dress.", "red")  # clothing-small style
     assert d["colour"] == "black" and d["captions"] == ["A black dress.", "a black dress",
                                                         "black dress"]
-    g = ds.derive_captions("pants", "The gentleman wears gray pants with stripes.", "blue")
+    g = captions.derive_captions("pants", "The gentleman wears gray pants with stripes.", "blue")
     assert g["colour"] == "grey" and g["pattern"] == "striped"
     assert "gray pants" in g["captions"][0] and "blue" not in " ".join(g["captions"])
 
@@ -115,15 +117,15 @@ def test_texture_labels_fill_in_pattern_and_fabric(tmp_path):
                                "fabric": ["chiffon", "denim", None]}
     assert labels["b.jpg"] == {"pattern": [None, None, None]}
     caption = "The lady wears a long-sleeve T-shirt. The gentleman wears long pants."
-    top = ds.derive_captions("t-shirt", caption, "pink", labels["a.jpg"])
+    top = captions.derive_captions("t-shirt", caption, "pink", labels["a.jpg"])
     assert (top["pattern"], top["fabric"]) == ("floral", "chiffon")
     assert top["captions"][0] == ("The lady wears a long-sleeve T-shirt. The T-shirt is pink. "
                                   "It has floral patterns. It is with chiffon fabric.")
-    low = ds.derive_captions("pants", caption, "blue", labels["a.jpg"])
+    low = captions.derive_captions("pants", caption, "blue", labels["a.jpg"])
     assert (low["pattern"], low["fabric"]) == ("lattice", "denim")
     assert low["captions"][1] == "a pair of blue plaid pants"
     # the caption's own words win over the labels
-    own = ds.derive_captions("pants", "He wears striped pants.", "blue", labels["a.jpg"])
+    own = captions.derive_captions("pants", "He wears striped pants.", "blue", labels["a.jpg"])
     assert own["pattern"] == "striped"
     assert ds.read_texture_labels(tmp_path / "nowhere") == {}
 
@@ -151,12 +153,11 @@ def test_derivation_is_in_the_cache_key_and_the_show_listing(dfmm, capsys):
 
 
 def test_sweep_prompts_are_the_short_caption_forms():
-    import sample
-    assert sample.sweep_prompts("colour", "dress")[:2] == ["a red dress", "an orange dress"]
-    assert sample.sweep_prompts("pattern", "pants") == [
+    assert captions.sweep_prompts("colour", "dress")[:2] == ["a red dress", "an orange dress"]
+    assert captions.sweep_prompts("pattern", "pants") == [
         "a pair of red pants", "a pair of red striped pants", "a pair of red dotted pants",
         "a pair of red plaid pants", "a pair of red floral pants"]
     # each is exactly a short caption the training derives for such a garment
-    shorts = {ds.derive_captions("t-shirt", f"The T-shirt has {p} patterns.", "red")["captions"][1]
-              for p in sample.SWEEP_PATTERNS}
-    assert shorts == set(sample.sweep_prompts("pattern", "t-shirt"))
+    shorts = {captions.derive_captions("t-shirt", f"The T-shirt has {p} patterns.", "red")["captions"][1]
+              for p in captions.SWEEP_PATTERNS}
+    assert shorts == set(captions.sweep_prompts("pattern", "t-shirt"))

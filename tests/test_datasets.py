@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -7,8 +8,9 @@ import torch
 from PIL import Image
 
 import datasets as ds
-from config import KINDS, Config
-from conftest import CLOTHING_SMALL, write_dfmm
+from captions import KINDS
+from config import Config
+from conftest import CLOTHING_SMALL, COLORS, draw_person, write_dfmm
 from get_embeddings import load_data
 from utils import UserError
 
@@ -211,8 +213,13 @@ def test_cli_prints_kind_counts(dfmm, capsys):
     root, info = dfmm
     ds.main(["--data_dir", str(root), "--size", "16"])
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[:5] == [f"{k}: {info['counts'][k]}" for k in KINDS]
-    assert out[5] == "skipped: 0"
+    assert out[0] == "layout: DFMM (images/ + captions.json)"
+    assert out[1:6] == [f"{k}: {info['counts'][k]}" for k in KINDS]
+    n = sum(info["counts"].values())
+    # the fixture's garments 22 and 23 (a sweater and a cardigan, not kept) are held out:
+    # the shoes cut from their photos
+    assert out[6] == f"held out: 2 of {n} (split validation: never trained on, scored by evaluate.py): 2 shoes"
+    assert out[7] == "skipped: 0"
 
 
 @pytest.mark.skipif(not CLOTHING_SMALL.is_dir(), reason="../shared/data/clothing-small not present")
@@ -221,3 +228,105 @@ def test_clothing_small_real_photos(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "t-shirt: 876" in out and "pants: 517" in out and "dress: 273" in out
     assert "shoes: 224" in out and "leggings: 0" in out and "skipped: 0" in out
+
+
+# ------------------------------------------------------------------ held-out split
+
+VIEWS = ("01_1_front", "01_2_side", "01_3_back", "02_1_front")  # two photo sets of one item
+
+
+def write_views(root, n_garments: int) -> dict:
+    """A DFMM folder of `n_garments` garments (ids 1000, 1003, ...) with every view of
+    VIEWS and parsing maps, so each photo also gives a shoes sample. Returns
+    {image: garment id}."""
+    (root / "images").mkdir(parents=True)
+    (root / "segm").mkdir()
+    rng = np.random.default_rng(0)
+    tokens = [("Tees_Tanks", "t-shirt"), ("Dresses", "dress"), ("Denim", "pants"),
+              ("Leggings", "leggings")]
+    captions, garment = {}, {}
+    for g in range(n_garments):
+        token, kind = tokens[g % len(tokens)]
+        item = f"id_{1000 + 3 * g:08d}"
+        for view in VIEWS:
+            name = f"WOMEN-{token}-{item}-{view}.jpg"
+            img, segm = draw_person(rng, kind, COLORS["red"], COLORS["black"])
+            Image.fromarray(img).save(root / "images" / name, quality=90)
+            Image.fromarray(segm, mode="L").save(root / "segm" / name.replace(".jpg", "_segm.png"))
+            captions[name] = f"The lady wears a red {kind}. She wears a pair of black shoes."
+            garment[name] = item
+    (root / "captions.json").write_text(json.dumps(captions))
+    return garment
+
+
+def test_identity_split_keeps_every_view_of_a_garment_and_its_shoes_on_one_side(tmp_path):
+    root = tmp_path / "views"
+    garment = write_views(root, 60)
+    index = ds.prepare(cfg_for(root), 16, progress=False, workers=1)
+    assert len(index["kinds"]) == 2 * len(garment)  # every photo: its garment and its shoes
+    side = {}
+    for image, kind, split in zip(index["images"], index["kinds"], index["splits"]):
+        side.setdefault(garment[image], set()).add(split)
+    assert all(len(s) == 1 for s in side.values())  # all views and all shoes: one side
+    held = [g for g, s in side.items() if s == {"validation"}]
+    assert 0 < len(held) < len(side) / 4
+    assert held == [g for g in side if ds.identity_split(f"MEN-Pants-{g}-09_7_additional.jpg")
+                    == "validation"]  # decided by the garment's id alone
+    # training never sees them: FashionData's training split holds no held-out garment
+    data = ds.FashionData(index, np.zeros((len(ds.caption_texts(index)), 4), np.float32))
+    trained = {garment[index["images"][r]] for r in data.rows}
+    assert trained == set(side) - set(held)
+
+
+def test_identity_split_is_fixed_and_about_ten_percent(tmp_path):
+    names = [f"{'MEN-Denim' if i % 2 else 'WOMEN-Dresses'}-id_{i:08d}-{1 + i % 3:02d}_"
+             f"{1 + i % 4}_front.jpg" for i in range(1, 3001)]
+    splits = [ds.identity_split(n) for n in names]
+    assert 0.085 < splits.count("validation") / len(names) < 0.115
+    # fixed for good (SHA-256, not Python's per-process salted hash): these garments
+    # are held out in every process, on every machine
+    held = [i for i in range(1, 201) if ds.identity_split(f"MEN-Pants-id_{i:08d}-01_1_front.jpg")
+            == "validation"]
+    assert held == [22, 23, 26, 28, 45, 49, 57, 58, 62, 65, 94, 114, 121, 130, 133, 137, 166, 167]
+    # other names: the file name is hashed
+    other = [f"dress-{i:05d}.jpg" for i in range(3000)]
+    share = sum(ds.identity_split(n) == "validation" for n in other) / len(other)
+    assert 0.085 < share < 0.115 and ds.garment_identity("dress-00001.jpg") == "dress-00001.jpg"
+    # a folder's split depends on neither --seed nor the other files in it
+    root = tmp_path / "views"
+    garment = write_views(root, 12)
+    a = ds.prepare(cfg_for(root, seed=0), 16, progress=False, workers=1)
+    for name in list(garment)[::2]:
+        (root / "images" / name).unlink()
+    b = ds.prepare(cfg_for(root, seed=7), 16, progress=False, workers=1)
+    split_a = dict(zip(zip(a["images"], a["kinds"]), a["splits"]))
+    assert all(split_a[key] == s for key, s in zip(zip(b["images"], b["kinds"]), b["splits"]))
+
+
+def test_labels_csv_splits_are_kept_and_without_a_split_column_names_are_hashed(tmp_path):
+    root = tmp_path / "views"
+    garment = write_views(root, 20)
+    names = sorted(garment)
+    # the split column decides, even against the identity rule (an empty cell: train)
+    given = {n: ("validation" if i % 3 == 0 else "" if i % 3 == 1 else "train")
+             for i, n in enumerate(names)}
+    rows = ["image,category,split"] + [f"{n},dress,{s}" for n, s in given.items()]
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    index = ds.prepare(cfg_for(root), 16, progress=False, workers=1)
+    assert dict(zip(index["images"], index["splits"])) == {n: s or "train"
+                                                           for n, s in given.items()}
+    # no split column: the garment identity decides, as without labels.csv
+    (root / "labels.csv").write_text("image,category\n" + "".join(f"{n},dress\n" for n in names))
+    index = ds.prepare(cfg_for(root), 16, progress=False, workers=1)
+    assert dict(zip(index["images"], index["splits"])) == {n: ds.identity_split(n) for n in names}
+
+
+def test_a_new_split_rule_changes_the_cache_key(dfmm):
+    """An image cache built when every photo of a folder without splits was "train"
+    is not reused: the key holds each photo's split."""
+    root, _ = dfmm
+    cfg = cfg_for(root)
+    jobs, _, _ = ds.list_jobs(root, cfg)
+    assert {j.split for j in jobs} == {"train", "validation"}
+    old = [dataclasses.replace(j, split="train") for j in jobs]
+    assert ds._cache_key(root, jobs, cfg, 16) != ds._cache_key(root, old, cfg, 16)

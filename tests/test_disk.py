@@ -340,7 +340,8 @@ def test_export_holds_the_ema_generator_and_draws_the_same_images(exported, tmp_
     ckpt, shared = exported
     state, full = load_checkpoint(shared), load_checkpoint(ckpt)
     assert set(state) == {"netG", "config", "stage1_config", "text_model", "weights_sha256",
-                          "exported_from"}
+                          "exported_from", "vocabulary"}
+    assert state["vocabulary"] == full["vocabulary"] and "dress" in state["vocabulary"]
     assert all(torch.equal(state["netG"][k], v) for k, v in full["netG_ema"].items())
     assert state["weights_sha256"] == weights_sha256(full["netG_ema"])
     assert state["text_model"] == full["config"]["text_model"] == "all-MiniLM-L6-v2"

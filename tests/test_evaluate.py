@@ -7,11 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
+import captions
 import evaluate
 import main
 import sample
-from config import COLOURS, KINDS, PATTERNS, Config
-from conftest import ROOT, tiny_args
+from captions import COLOURS, KINDS, PATTERNS
+from config import Config
+from conftest import ROOT, tiny_args, write_dfmm
+from datasets import identity_split
+from get_embeddings import encode_texts
 
 
 # ------------------------------------------------------------------ Frechet distance
@@ -273,10 +277,30 @@ def test_feature_net_learns_patterns_from_data_patterns_and_reports_their_accura
 
 # ------------------------------------------------------------------ end to end
 
-def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monkeypatch):
-    root, _ = dfmm
-    out = tmp_path / "out"
+def heldout_ids(per_category: int = 2, categories: int = 12) -> list[int]:
+    """Item ids for conftest.write_dfmm such that the first photo of every category
+    shows a garment identity_split holds out and the others garments it trains on."""
+    def ids(split):
+        return (i for i in range(1, 10 ** 6)
+                if identity_split(f"MEN-Pants-id_{i:08d}-01_1_front.jpg") == split)
+    held, train = ids("validation"), ids("train")
+    return [next(held) if k == 0 else next(train) for _ in range(categories)
+            for k in range(per_category)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(a tiny DFMM folder whose held-out garments cover every kind, its output folder
+    with a tiny Stage-I generator trained on it)."""
+    tmp = tmp_path_factory.mktemp("eval")
+    root, out = tmp / "dfmm", tmp / "out"
+    write_dfmm(root, ids=heldout_ids())
     assert main.main(["--train", "y", "--stage", "1"] + tiny_args(root, out)) == 0
+    return root, out
+
+
+def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(trained, tmp_path, capsys, monkeypatch):
+    root, out = trained
     calls = []  # (text embeddings, seed) of every generation call, run for real
     real_sample = sample.sample_images
 
@@ -291,31 +315,38 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
     kw = dict(n_per_kind=3, k=4, feat_epochs=1, feat_width=4, progress=False)
     m = evaluate.evaluate(ckpt, cfg, **kw)
     printed = capsys.readouterr().out
-    assert "no validation split" in printed and "held-out kind accuracy" in printed
+    assert "held out by the data: 18 images of split validation, which training never" in printed
+    assert "no validation split" not in printed and "held-out kind accuracy" in printed
+    assert "garment feature net at 64 px" in printed and "judged at 64 px" in printed
     assert "pattern accuracy" in printed and "short prompts" in printed
-    assert "FD-garment" in printed and "R-prec@4" in printed
+    assert "Russian prompts" in printed and "Russian / English short prompts" in printed
+    assert "FD-garment" in printed and "R-prec@4" in printed and "copies" in printed
+    assert "drafts" not in printed  # a Stage-I generator has none
 
     df = pd.read_csv(tmp_path / "ev" / "eval" / "results.csv", keep_default_na=False)
     assert list(df.columns) == ["metric", "set", "kind", "value", "n"]
     rows = set(zip(df.metric, df.set, df.kind))
-    sets = ("real_heldout", "generated", "generated_short")
+    sets = ("real_heldout", "generated", "generated_short", "generated_russian")
     expected = {(f"{a}_accuracy", s, kd) for a in ("kind", "colour", "pattern") for s in sets
                 for kd in ("all",) + KINDS}
     expected |= {("fd_garment", "generated", "all"), ("fd_garment", "real_heldout_half", "all"),
                  ("r_precision", "real_heldout", "all"), ("r_precision", "generated", "all"),
-                 ("variety", "real_heldout", "all"), ("variety", "generated", "all")}
+                 ("variety", "real_heldout", "all"), ("variety", "generated", "all"),
+                 ("copies", "real_heldout", "all"), ("copies", "generated", "all"),
+                 ("feat_size", "featnet", "all")}
     assert rows == expected and len(df) == len(expected)
     assert "variety:" in printed
     assert 0 < m["variety_generated"] < 1 and 0 < m["variety_real"] < 1
     val = df.set_index(["metric", "set", "kind"])["value"].astype(float)
     n = df.set_index(["metric", "set", "kind"])["n"]
+    assert val[("feat_size", "featnet", "all")] == 64 == m["feat_size"]
     for key in val.index:
-        if key[0] != "fd_garment":  # accuracies and R-precision: a share, or nan with n = 0
+        if key[0] not in ("fd_garment", "feat_size"):  # shares, or nan with n = 0
             assert (0 <= val[key] <= 1) if n[key] > 0 else np.isnan(val[key]), key
     assert (val["fd_garment"] >= 0).all()
     assert val[("kind_accuracy", "generated", "all")] == pytest.approx(m["kind_acc_generated"])
     for a in ("kind", "colour", "pattern"):
-        for s, short in zip(sets, ("real", "generated", "short")):
+        for s, short in zip(sets, ("real", "generated", "short", "russian")):
             got, want = val[(f"{a}_accuracy", s, "all")], m[f"{a}_acc_{short}"]
             assert got == pytest.approx(want) or (np.isnan(got) and np.isnan(want)), (a, s)
             for kd in KINDS:
@@ -326,6 +357,7 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
     for kd in KINDS:
         assert n[("kind_accuracy", "generated", kd)] == 3
         assert n[("kind_accuracy", "generated_short", kd)] == 3
+        assert n[("kind_accuracy", "generated_russian", kd)] == 3
     assert (tmp_path / "ev" / "eval" / "generated.png").is_file()
 
     # the targets are the dataset's attributes: pattern accuracy counts the held-out
@@ -343,19 +375,26 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(dfmm, tmp_path, capsys, monke
         == m["n_fd"]
     assert m["fd_kinds"] == sorted({data.kinds[i] for i in a_half}, key=KINDS.index)
 
-    # generation: per kind the long captions, then the short ones with the same noise
-    # seed; then one image per sample of half A from its long caption
+    # generation: per kind the long captions, then the short ones and their Russian twins
+    # (read into English) with the same noise seed; then one image per sample of half A
+    # from its long caption
     short_rows = data.text_emb[data.text_start + 1]
+    assert m["russian_read_back"] == 1.0  # every twin read back to its kind, colour, pattern
     for j in range(len(KINDS)):
-        (long_emb, s1), (short_emb, s2) = calls[2 * j], calls[2 * j + 1]
-        assert s1 == s2 and len(long_emb) == len(short_emb) == 3
-        for e_long, e_short in zip(long_emb, short_emb):
+        (long_emb, s1), (short_emb, s2), (ru_emb, s3) = calls[3 * j:3 * j + 3]
+        assert s1 == s2 == s3 and len(long_emb) == len(short_emb) == len(ru_emb) == 3
+        for r, (e_long, e_short, e_ru) in enumerate(zip(long_emb, short_emb, ru_emb)):
             i = int(torch.nonzero((data.emb == e_long).all(1))[0])
             assert torch.equal(e_short, short_rows[i]) and not torch.equal(e_short, e_long)
-    fd_calls = calls[2 * len(KINDS):2 * len(KINDS) + len(m["fd_kinds"])]
+            # the Russian twin of the sample's short prompt, read into English and encoded
+            twin = captions.russian_prompt(data.kinds[i], data.colours[i], None, 3 * j + r)
+            assert not any("a" <= c <= "z" for c in twin.lower())  # Russian words only
+            want = encode_texts([captions.read_prompt(twin).text])[0]
+            assert torch.allclose(e_ru, torch.from_numpy(want), atol=1e-5)
+    fd_calls = calls[3 * len(KINDS):3 * len(KINDS) + len(m["fd_kinds"])]
     assert torch.equal(torch.cat([e for e, _ in fd_calls]), data.emb[torch.as_tensor(a_half)])
     # variety: then, per kind, up to VARIETY_PROMPTS held-out long captions of that kind
-    var_calls = calls[2 * len(KINDS) + len(m["fd_kinds"]):]
+    var_calls = calls[3 * len(KINDS) + len(m["fd_kinds"]):]
     assert len(var_calls) == len(KINDS)
     for kd, (emb, _) in zip(KINDS, var_calls):
         of_kind = [int(i) for i in held if data.kinds[i] == kd][:evaluate.VARIETY_PROMPTS]
@@ -393,3 +432,117 @@ def test_mean_pairwise_rms_measures_within_group_spread():
     groups = [torch.stack([black, white, grey]), torch.stack([white]), torch.stack([grey, grey])]
     assert evaluate.mean_pairwise_rms(groups) == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
     assert np.isnan(evaluate.mean_pairwise_rms([torch.stack([white])]))
+
+
+def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_path, capsys,
+                                                                  monkeypatch):
+    root, out = trained
+    assert main.main(["--train", "y", "--stage", "2", "--stage1_g", str(out / "stage1" / "last.pt")]
+                     + tiny_args(root, tmp_path / "s2") + ["--stage2_size", "32"]) == 0
+    monkeypatch.setattr(evaluate, "VARIETY_PROMPTS", 2)  # fewer images to draw: a faster test
+    ckpt = tmp_path / "s2" / "stage2" / "last.pt"
+    cfg = Config(data_dir=str(root), out_dir=str(tmp_path / "ev"), wandb_mode="disabled",
+                 device="cpu")
+    m = evaluate.evaluate(ckpt, cfg, n_per_kind=2, k=4, feat_epochs=1, feat_width=4,
+                          progress=False)
+    printed = capsys.readouterr().out
+    assert "garment feature net at 128 px" in printed
+    # the tiny Stage II draws 32 px from 16 px drafts: both are enlarged to 128 px
+    assert ("judged at 128 px by the garment feature net trained on the real training photos at "
+            "128 px: real photos from the 128 px cache, generated 32 px images bicubic-upscaled, "
+            "Stage-I drafts (16 px) bicubic-upscaled to 32 px, then bicubic-upscaled like them"
+            ) in printed
+    assert "drafts upscaled" in printed and "Stage II against its own upscaled drafts" in printed
+
+    df = pd.read_csv(tmp_path / "ev" / "eval" / "results.csv", keep_default_na=False)
+    val = df.set_index(["metric", "set", "kind"])["value"].astype(float)
+    n = df.set_index(["metric", "set", "kind"])["n"]
+    for attr in ("kind", "colour", "pattern"):
+        for s in ("real_heldout", "generated", "drafts_upscaled", "generated_short"):
+            assert (f"{attr}_accuracy", s, "all") in val.index, (attr, s)
+        for kd in KINDS:  # the drafts are scored per kind too, on the same samples
+            assert n[(f"{attr}_accuracy", "drafts_upscaled", kd)] == \
+                n[(f"{attr}_accuracy", "generated", kd)]
+    for metric in ("fd_garment", "r_precision", "copies"):
+        assert val[(metric, "drafts_upscaled", "all")] == pytest.approx(
+            m[{"fd_garment": "fd_garment_drafts", "r_precision": "r_precision_drafts",
+               "copies": "copies_drafts"}[metric]])
+    assert n[("fd_garment", "drafts_upscaled", "all")] == n[("fd_garment", "generated", "all")] \
+        == m["n_fd"] > 0
+    assert val[("fd_garment", "drafts_upscaled", "all")] >= 0
+    assert val[("fd_garment", "real_heldout_half", "all")] == pytest.approx(m["fd_garment_floor"])
+    assert val[("feat_size", "featnet", "all")] == 128 == m["feat_size"]
+    assert (tmp_path / "ev" / "eval" / "drafts_upscaled.png").is_file()
+
+    # the 128 px net is cached beside the 64 px one, its size in the key
+    assert m["featnet"]["size"] == 128 and Path(m["featnet"]["path"]).is_file()
+    data, splits, index_key = evaluate._load_eval_data(cfg, progress=False, size=128)
+    assert data.size == 128
+    tr, held, _ = evaluate.split_heldout(data, splits)
+    key = evaluate.featnet_key(data, tr, index_key, 4, 1, 128)
+    assert Path(m["featnet"]["path"]).name == f"featnet_{key}.pt"
+    assert evaluate.featnet_key(data, tr, index_key, 4, 1, 64) != key
+
+    # the drafts are those of the very images scored: the same noise and CA draws
+    netG, _, _ = sample.load_generator(ckpt, "cpu")
+    emb = data.emb[:3]
+    img, draft = evaluate.generate(netG, emb, 1, 5, with_drafts=True)
+    assert torch.equal(img, sample.sample_images(netG, emb, 1, 5))
+    low = sample.sample_images(netG.stage1, emb, 1, 5)
+    assert low.shape[-1] == 16 and draft.shape == img.shape
+    assert torch.equal(draft, evaluate.upscale(low, img.shape[-1]))
+
+
+# ------------------------------------------------------------------ copy check
+
+def test_copy_shares_count_images_nearer_to_training_photos_than_unseen_ones():
+    rng = np.random.default_rng(0)
+    train = torch.from_numpy(rng.normal(size=(200, 16)))
+    # unseen photos: like training photos, but never one of them
+    held = train[:100] + torch.from_numpy(rng.normal(size=(100, 16))) * 0.7
+    shares, threshold = evaluate.copy_shares({"copies": train[50:150],
+                                              "new": torch.from_numpy(rng.normal(size=(80, 16)))},
+                                             train, held)
+    assert shares["copies"] == (1.0, 100) and shares["new"][0] <= 0.05
+    assert shares["real"] == (pytest.approx(0.05, abs=0.011), 100)  # by construction
+    assert 0 < threshold < 1
+
+
+class _GarmentData:
+    """64 px photos of one garment block each, in one of four colours and two shapes,
+    at its own place and size, with a little noise: no two are alike."""
+
+    def __init__(self, n=96, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.kinds = ["dress" if i % 2 else "pants" for i in range(n)]
+        self.colours = [("red", "blue", "green", "black")[i % 4] for i in range(n)]
+        self.patterns = [None] * n
+        rgb = {"red": (0.7, -0.8, -0.8), "blue": (-0.7, -0.5, 0.6), "green": (-0.7, 0.2, -0.6),
+               "black": (-0.9, -0.9, -0.9)}
+        x = torch.full((n, 3, 64, 64), 0.9) + 0.05 * torch.randn(n, 3, 64, 64, generator=g)
+        for i in range(n):
+            w, h = (int(v) for v in torch.randint(14, 26, (2,), generator=g))
+            h = h + (20 if self.kinds[i] == "dress" else 0)
+            top, left = (int(v) for v in torch.randint(2, 64 - 46, (2,), generator=g))
+            x[i, :, top:top + h, left:left + w] = torch.tensor(rgb[self.colours[i]])[:, None, None]
+        self.x = x.clamp(-1, 1)
+
+    def pixels(self, idx, device=None):
+        return self.x[torch.as_tensor(np.asarray(idx))]
+
+
+def test_copy_check_is_1_for_training_photos_and_low_for_noise(tmp_path):
+    data = _GarmentData()
+    train, held = np.arange(0, 72), np.arange(72, 96)
+    cfg = Config(cache_dir=str(tmp_path / "cache"))
+    net, _ = evaluate.load_or_train_feature_net(cfg, data, train, held, "k", torch.device("cpu"),
+                                                epochs=4, width=4, progress=False)
+    feat = {}
+    for name, images in (("held", data.pixels(held)), ("photos", data.pixels(train[:40])),
+                         ("noise", torch.rand(40, 3, 64, 64) * 2 - 1)):
+        feat[name], *_ = evaluate.featurize(net, images, "cpu", progress=False)
+    copies, threshold = evaluate.copy_check(net, data, train, feat.pop("held"), feat, "cpu",
+                                            progress=False)
+    assert copies["photos"] == (1.0, 40)  # "generated" images that are training photos
+    assert copies["noise"][0] <= 0.1 and copies["real"][1] == len(held)
+    assert copies["real"][0] <= 0.1 and threshold < 1

@@ -35,7 +35,8 @@ def stub(*args, **kwargs):
 # script -> (parser, run(argv) -> exit code, the work functions replaced by the stub,
 #            flags every call needs)
 SCRIPTS = {
-    "main": (main.build_parser, main.main, [(main, "train"), (main, "generate")], []),
+    "main": (main.build_parser, main.main,
+             [(main, "train"), (main, "generate"), (main, "export_generator")], []),
     "datasets": (datasets.build_parser, datasets.main, [(datasets, "prepare")],
                  ["--data_dir=d"]),
     "get_embeddings": (get_embeddings.build_parser, get_embeddings.main,
@@ -180,6 +181,8 @@ def test_any_mix_of_flags(script, data, monkeypatch, capsys):
     ("get_embeddings", ["--data_dir", "d", "--batch_size", "0"], "--batch_size: must be from 1"),
     ("evaluate", ["--net_g", "g.pt", "--k", "1"], "--k: must be from 2"),
     ("evaluate", ["--net_g", "g.pt", "--device", "cuda:x"], "--device: expected"),
+    ("evaluate", ["--net_g", "g.pt", "--feat_size", "256"],
+     "--feat_size: expected one of 64, 128, got 256"),
     ("bench", ["--stages", "3"], "--stages: expected 1, 2, 1,2 or nothing, got 3"),
     ("synthetic", ["--out", "o", "--workers", "0"], "--workers: must be from 1 to 256"),
 ])

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from config import COLOURS, KINDS, PATTERNS, Config
+from captions import COLOURS, KINDS, PATTERNS
+from config import Config
 from train import ema_decay
 from model import (CA_NET, CondUpBlock, Stage1_D, Stage1_G, Stage2_G, build_models, run_ups,
                    weights_init)

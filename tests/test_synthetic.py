@@ -13,9 +13,8 @@ from PIL import Image
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import synthetic  # noqa: E402
-from config import PATTERNS  # noqa: E402
+from captions import PATTERNS, find_colour  # noqa: E402
 import datasets as ds  # noqa: E402
-from datasets import find_colour  # noqa: E402
 
 N = 4
 W, H = 128, 188
