@@ -57,12 +57,17 @@ BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_
 # What sets the BatchNorm scale and shift of G's up blocks (Config.g_fusion; see model.py)
 FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
 # Real photos on a CPU (a few thousand photos, Stage I in 30 minutes, Stage II in 45 with
-# --max_minutes): the small-data discriminator (see PHOTOS_STAGE2 for Stage II's own widths).
+# --max_minutes; see PHOTOS_STAGE2 for Stage II's own widths). StackGAN's plain
+# discriminator: at equal wall time on clothing-small (16 and 22 minutes, docs/results.md)
+# it beat DiffAugment, ADA and FastGAN's reconstruction, which stay switches.
 PHOTOS_PRESET = dict(gf_dim=32, df_dim=32, batch_size=32, epochs=1000, lr_decay_epoch=100,
-                     snapshot_interval=25, diffaug="translation,cutout", recon_coef=1.0)
+                     snapshot_interval=25)
 # Stage II of a preset: what differs from its Stage I (a 256 px step costs ~10x a 64 px one)
+# builtin: at 256 px StackGAN's D wins within 170 steps and G answers with outlines that
+# cost colour (0.99 -> 0.75); DiffAugment + reconstruction, without mode seeking, keep it at 0.97
 BUILTIN_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, epochs=4, lr_decay_epoch=100,
-                      snapshot_interval=1, s2_output="residual", skip_excitation=True)
+                      snapshot_interval=1, s2_output="residual", skip_excitation=True,
+                      ms_coef=0.0, diffaug="translation,cutout", recon_coef=1.0)
 PHOTOS_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, lr_decay_epoch=1000, snapshot_interval=5,
                      s2_output="residual", skip_excitation=True)
 # Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
