@@ -108,9 +108,13 @@ def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
     return nn.ModuleList(up_block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
 
 
-def run_ups(ups: nn.ModuleList, h, c):
-    for block in ups:
+def run_ups(ups: nn.ModuleList, h, c, se=None, small=None):
+    """G's up blocks on h (a CondUpBlock also reads the condition c); `se`: skip-layer
+    excitation gates by block index (str), each set from the feature map `small`."""
+    for i, block in enumerate(ups):
         h = block(h, c) if isinstance(block, CondUpBlock) else block(h)
+        if se is not None and str(i) in se:
+            h = se[str(i)](small, h)
     return h
 
 
@@ -237,11 +241,7 @@ class Stage2_G(nn.Module):
         h = self.encoder(low)
         c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))
         h = small = self.residual(self.joint(torch.cat([h, c_map], 1)))
-        cond = block_cond(self.fusion, text_emb, z, c)
-        for i, block in enumerate(self.ups):
-            h = block(h, cond) if isinstance(block, CondUpBlock) else block(h)
-            if str(i) in self.se:
-                h = self.se[str(i)](small, h)
+        h = run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c), self.se, small)
         if self.residual_out:
             draft = F.interpolate(low.float(), size=self.size, mode="bicubic", align_corners=False)
             img = over_draft(draft, self.to_img(h).float())  # fp32: atanh near +-1
