@@ -159,6 +159,10 @@ class Config:
     # this weight times the mean of |(grad_image, grad_text)|^6; 0: off, as StackGAN
     ma_gp: float = 0.0
     r1_gamma: float = 0.0  # >0: R1 gradient penalty on real images
+    # Stage II, >0: G must also rebuild each real stage2_size photo from that photo scaled
+    # down to stage1_size (and its caption), L1 times this weight: a super-resolution
+    # target that tells G what detail a draft lacks (0: off, as StackGAN)
+    sr_coef: float = 0.0
     # Stage II's output: "redraw" (StackGAN: a new image from its features) | "residual"
     # (detail added to the bicubic upscaling of its Stage-I draft, so it starts from the draft)
     s2_output: str = "redraw"
@@ -423,6 +427,7 @@ FIELD_RULES = {
     "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "aug_p": number(0, 1),
     "ada_target": number(0, 1, hi_open=True), "ada_kimg": number(0.001, 1e6),
     "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
+    "sr_coef": number(0, 1e6),
     "s2_output": one_of("redraw", "residual"), "skip_excitation": Rule(bool),
     "max_steps": whole(0), "max_minutes": number(0, 1e7),
     "snapshot_interval": whole(1), "keep_checkpoints": whole(0, 100_000),

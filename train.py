@@ -611,6 +611,8 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
                                          cfg.loss, cfg.diffaug, g_labels, cfg.aux_coef, z,
                                          cfg.ms_coef, aug_p)
     g_loss.backward()
+    if cfg.stage == 2 and cfg.sr_coef > 0:
+        g_stats["sr"] = super_resolution_step(nets.G, real, emb, z, cfg, bf16)
     nets.opt_G.step()
     if nets.ema_G is not None:
         accumulate(nets.ema_G, nets.raw_G, ema_decay(cfg.ema_decay, step))
@@ -619,6 +621,18 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
         stats["aug_p"] = nets.ada.p  # the probability this step used
         nets.ada.update(d_stats["d_real_sign"])
     return stats
+
+
+def super_resolution_step(G, real, emb, z, cfg: Config, bf16: bool) -> torch.Tensor:
+    """sr_coef's term, backpropagated into G's gradients: Stage II refines each real photo
+    scaled down to stage1_size (in place of a draft) and is held to the photo itself by
+    L1. Its own forward and backward, so that BatchNorm never mixes drafts and photos."""
+    small = F.interpolate(real.float(), size=cfg.stage1_size, mode="area")
+    with autocast(real.device, bf16):
+        rebuilt = G(emb, z, draft=small.to(real.dtype))[0]
+    l_sr = (rebuilt.float() - real.float()).abs().mean()
+    (cfg.sr_coef * l_sr).backward()
+    return l_sr.detach()
 
 
 def adaptive_p(cfg: Config, device) -> "AdaptiveP | None":
