@@ -72,10 +72,12 @@ BUILTIN_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, epochs=3, lr_decay_ep
                       ms_coef=0.0, diffaug="translation,cutout", recon_coef=1.0, sr_coef=10.0)
 # photos, Stage II: the small-data D here too (500 steps on clothing-small: FD 1.08x its
 # upscaled drafts' against 1.42x with StackGAN's D, which wins at 256 px within minutes),
-# and the super-resolution term (7 minutes: 0.93x its drafts' with it, 1.08x without)
+# and the super-resolution term (7 minutes: 0.93x its drafts' with it, 1.08x without) at
+# weight 100: once D wins (after ~450 steps) weight 10 lets G trade the photos' detail for
+# streaks (1,060 steps: 1.12x its drafts'), weight 100 holds it (1.01x)
 PHOTOS_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, lr_decay_epoch=1000, snapshot_interval=5,
                      s2_output="residual", skip_excitation=True,
-                     diffaug="translation,cutout", recon_coef=1.0, sr_coef=10.0)
+                     diffaug="translation,cutout", recon_coef=1.0, sr_coef=100.0)
 # Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
 PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}, "photos": PHOTOS_PRESET}
 PRESETS_STAGE2 = {"builtin": BUILTIN_STAGE2, "stackgan": {}, "photos": PHOTOS_STAGE2}
