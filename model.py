@@ -234,14 +234,12 @@ class Stage2_G(nn.Module):
         self.stage1.eval()  # frozen: keep its BatchNorm statistics fixed
         return self
 
-    def forward(self, text_emb, z, return_stage1: bool = False, draft=None):
-        """Stage I's draft of (text_emb, z) refined; `draft`: refine this stage1_size image
+    def forward(self, text_emb, z, return_stage1: bool = False, low=None):
+        """Stage I's draft of (text_emb, z) refined; `low`: refine this stage1_size image
         instead (a real photo scaled down, for sr_coef's loss)."""
-        if draft is None:
+        if low is None:
             with torch.no_grad():
                 low, _, _ = self.stage1(text_emb, z)
-        else:
-            low = draft
         c, mu, logvar = self.ca_net(text_emb)
         h = self.encoder(low)
         c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))

@@ -627,9 +627,9 @@ def super_resolution_step(G, real, emb, z, cfg: Config, bf16: bool) -> torch.Ten
     """sr_coef's term, backpropagated into G's gradients: Stage II refines each real photo
     scaled down to stage1_size (in place of a draft) and is held to the photo itself by
     L1. Its own forward and backward, so that BatchNorm never mixes drafts and photos."""
-    small = F.interpolate(real.float(), size=cfg.stage1_size, mode="area")
+    small = F.interpolate(real, size=cfg.stage1_size, mode="area")
     with autocast(real.device, bf16):
-        rebuilt = G(emb, z, draft=small.to(real.dtype))[0]
+        rebuilt = G(emb, z, low=small)[0]
     l_sr = (rebuilt.float() - real.float()).abs().mean()
     (cfg.sr_coef * l_sr).backward()
     return l_sr.detach()
