@@ -65,6 +65,9 @@ Metrics, each for the generated images and, as the reference, for real images:
 * variety: the mean RMS pixel distance between images drawn for one caption with
   different noise, beside that between real photos of one kind, colour and pattern
   (see `variety`); a generator that ignores its noise scores near 0.
+* draft change (Stage-II generators only): the mean absolute pixel difference (0-1
+  scale) between each image and its own upscaled draft; below 0.005 Stage II returns its
+  drafts nearly unchanged (a new residual Stage II scores 0), so its figures are theirs.
 * copies: the share of generated images whose nearest training photo (cosine of
   centred feature-net features) is nearer than 95% of the held-out photos' nearest training
   photo (see `copy_shares`); about 0.05 for new garments (the real row, by
@@ -72,8 +75,8 @@ Metrics, each for the generated images and, as the reference, for real images:
 
 Outputs under OUT_DIR/eval/: results.csv, a tidy table with the columns
 `metric,set,kind,value,n` (metric: kind_accuracy | colour_accuracy |
-pattern_accuracy | fd_garment | r_precision | variety | copies | feat_size (the feature
-net's size, set "featnet", n its training images); set: real_heldout | generated |
+pattern_accuracy | fd_garment | r_precision | variety | copies | draft_change (Stage II)
+| feat_size (the feature net's size, set "featnet", n its training images); set: real_heldout | generated |
 drafts_upscaled | generated_short | generated_russian | real_heldout_half (the FD
 floor); kind: a kind or
 "all"; n: images behind the value; a per-kind accuracy with n = 0, e.g. the pattern of a
@@ -127,6 +130,7 @@ HOLDOUT_FRACTION = 0.1
 FD_SPLIT_SEED = 12345  # the FD halves are fixed per dataset, not per --seed
 COPY_QUANTILE = 0.95  # copy check: nearer to a training photo than 95% of the held-out photos
 GRID_COLUMNS = 20
+DRAFT_CHANGE_MIN = 0.005  # a Stage II that moves its drafts less than this adds nothing to them
 
 # The classes of the colour and pattern heads: the vocabulary of captions.py.
 COLOUR_NAMES = tuple(COLOURS)
@@ -607,6 +611,8 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
               ("fd_garment", "real_heldout_half", "all", fd["floor"], len(fd_b))]
     if with_drafts:
         others.append(("fd_garment", "drafts_upscaled", "all", fd["drafts"], len(fd_a)))
+        others.append(("draft_change", "generated", "all", float(gen["change"].mean()),
+                       len(gen["change"])))
     others += [("r_precision", name[s], "all", rp[s][0], len(held_idx if s == "real" else sel))
                for s in rp]
     others += [("variety", "real_heldout", "all", var_real, len(held_idx)),
@@ -738,6 +744,7 @@ def generate_eval_images(netG, data, present, sel, short_emb, n_per_kind: int, s
     full size}: one kind at a time, kept at feat_size (plus the grid's images) so that
     memory stays bounded by n_per_kind for 256 px Stage-II images."""
     images, drafts, short_images, ru_images, shown, shown_drafts = [], [], [], [], [], []
+    changes = []  # per image: how far Stage II moved it from its upscaled draft
     cols = min(n_per_kind, GRID_COLUMNS)
     sel_t = torch.as_tensor(sel)
     for j, kd in enumerate(tqdm(present, desc="generating", unit="kind", disable=not progress)):
@@ -749,6 +756,7 @@ def generate_eval_images(netG, data, present, sel, short_emb, n_per_kind: int, s
         if with_drafts:
             shown_drafts.append(draft[:cols])
             drafts.append(to_feat_size(draft, feat_size))
+            changes.append(draft_change(img, draft))
         short_images.append(to_feat_size(
             sample.sample_images(netG, short_emb[rows].to(device), 1, noise_seed), feat_size))
         if ru_emb is not None:
@@ -757,7 +765,15 @@ def generate_eval_images(netG, data, present, sel, short_emb, n_per_kind: int, s
     return {"generated": torch.cat(images), "drafts": torch.cat(drafts) if drafts else None,
             "short": torch.cat(short_images),
             "russian": torch.cat(ru_images) if ru_images else None,
-            "shown": shown, "shown_drafts": shown_drafts}
+            "shown": shown, "shown_drafts": shown_drafts,
+            "change": torch.cat(changes) if changes else None}
+
+
+def draft_change(img: torch.Tensor, draft: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean absolute pixel difference (0-1 scale) between a Stage-II image
+    and its upscaled draft: 0 for a Stage II that returns its drafts (a new residual one,
+    or one whose detail path has shut), about 0.02-0.05 for sharpening, more for redrawing."""
+    return ((img.float() - draft.float()).abs() / 2).flatten(1).mean(1).cpu()
 
 
 def fd_garment(net, netG, data, held_idx, r_feat, fd_a, fd_b, fd_present, kinds_all, seed: int,
@@ -914,7 +930,8 @@ SCALAR_KEYS = {("fd_garment", "generated"): "fd_garment",
                ("variety", "generated"): "variety_generated",
                ("copies", "real_heldout"): "copies_real",
                ("copies", "generated"): "copies_generated",
-               ("copies", "drafts_upscaled"): "copies_drafts"}
+               ("copies", "drafts_upscaled"): "copies_drafts",
+               ("draft_change", "generated"): "draft_change"}
 
 
 def metrics_from_rows(rows) -> dict:
@@ -1041,6 +1058,11 @@ def print_table(m: dict):
               f"{_fmt(m['kind_acc_drafts'])}, colour {_fmt(m['colour_acc_generated'])} vs "
               f"{_fmt(m['colour_acc_drafts'])}, pattern {_fmt(m['pattern_acc_generated'])} vs "
               f"{_fmt(m['pattern_acc_drafts'])}")
+        change = m["draft_change"]
+        print(f"Stage II moves its images {_fmt(change, 4)} from their upscaled drafts (mean absolute "
+              f"pixel difference, 0-1 scale)" + (
+                  f": below {DRAFT_CHANGE_MIN}, it returns its drafts nearly unchanged and adds "
+                  f"nothing to them" if change < DRAFT_CHANGE_MIN else ""))
     print(f"variety: {_fmt(m['variety_generated'])} between {VARIETY_DRAWS} images of one held-out "
           f"caption, {_fmt(m['variety_real'])} between real held-out photos of one kind, colour "
           f"and pattern (mean RMS pixel distance at {m['feat_size']} px, 0-1 scale)")

@@ -1,3 +1,4 @@
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from config import Config
 from conftest import ROOT, tiny_args, write_dfmm
 from datasets import identity_split
 from get_embeddings import encode_texts
+from model import Stage1_G, Stage2_G
 
 
 # ------------------------------------------------------------------ Frechet distance
@@ -471,6 +473,11 @@ def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_p
         == m["n_fd"] > 0
     assert val[("fd_garment", "drafts_upscaled", "all")] >= 0
     assert val[("fd_garment", "real_heldout_half", "all")] == pytest.approx(m["fd_garment_floor"])
+    # how far Stage II moved its images from their drafts, over the images scored
+    assert val[("draft_change", "generated", "all")] == pytest.approx(m["draft_change"])
+    assert m["draft_change"] >= 0
+    assert n[("draft_change", "generated", "all")] == m["n_generated"]
+    assert "from their upscaled drafts (mean absolute pixel difference" in printed
     assert val[("feat_size", "featnet", "all")] == 128 == m["feat_size"]
     assert (tmp_path / "ev" / "eval" / "drafts_upscaled.png").is_file()
 
@@ -491,6 +498,26 @@ def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_p
     low = sample.sample_images(netG.stage1, emb, 1, 5)
     assert low.shape[-1] == 16 and draft.shape == img.shape
     assert torch.equal(draft, evaluate.upscale(low, img.shape[-1]))
+
+
+def test_draft_change_is_zero_for_a_stage2_that_returns_its_drafts():
+    """A new residual Stage II (its detail layer zero) returns its drafts: change 0, the
+    signature of a Stage II that adds nothing; a redrawing one moves them far."""
+    cfg = Config(stage1_size=16, stage2_size=32, gf_dim=4, df_dim=4, r_num=1, stage=2,
+                 s2_output="residual")
+    g1 = Stage1_G(cfg).eval()
+    emb = torch.nn.functional.normalize(torch.randn(6, cfg.text_dim), dim=1)
+    g2 = Stage2_G(cfg, g1).eval()
+    with torch.no_grad():
+        g2.to_img.weight.zero_()  # no detail: as new, or as a detail path shut by training
+    img, draft = evaluate.generate(g2, emb, 1, 3, with_drafts=True)
+    change = evaluate.draft_change(img, draft)
+    assert change.shape == (6,) and change.max() < 1e-3 < evaluate.DRAFT_CHANGE_MIN
+    redraw = Stage2_G(dataclasses.replace(cfg, s2_output="redraw"), g1).eval()
+    img, draft = evaluate.generate(redraw, emb, 1, 3, with_drafts=True)
+    assert evaluate.draft_change(img, draft).min() > evaluate.DRAFT_CHANGE_MIN
+    white, black = torch.ones(1, 3, 4, 4), -torch.ones(1, 3, 4, 4)
+    assert evaluate.draft_change(white, black).item() == pytest.approx(1)
 
 
 # ------------------------------------------------------------------ copy check
