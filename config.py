@@ -74,9 +74,11 @@ BUILTIN_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, epochs=3, lr_decay_ep
 # upscaled drafts' against 1.42x with StackGAN's D, which wins at 256 px within minutes),
 # and the super-resolution term (7 minutes: 0.93x its drafts' with it, 1.08x without) at
 # weight 100: once D wins (after ~450 steps) weight 10 lets G trade the photos' detail for
-# streaks (1,060 steps: 1.12x its drafts'), weight 100 holds it (1.01x)
+# streaks (1,060 steps: 1.12x its drafts'), weight 100 holds it (1.01x); but without
+# draft_skip it holds it by adding nothing (45 min: draft change 0.0000); with it, 45 min
+# move the drafts 0.05, kind 0.915 -> 0.958, FD 0.99x its drafts' (docs/results.md)
 PHOTOS_STAGE2 = dict(gf_dim=16, df_dim=16, batch_size=16, lr_decay_epoch=1000, snapshot_interval=5,
-                     s2_output="residual", skip_excitation=True,
+                     s2_output="residual", skip_excitation=True, draft_skip=True,
                      diffaug="translation,cutout", recon_coef=1.0, sr_coef=100.0)
 # Named presets (main.py --preset): "stackgan" is Config's own defaults, the paper's widths.
 PRESETS = {"builtin": BUILTIN_PRESET, "stackgan": {}, "photos": PHOTOS_PRESET}
@@ -174,6 +176,10 @@ class Config:
     # Stage II: FastGAN's skip-layer excitation, the 16x16 features gating the channels of
     # every up block from 64 px on (n: off, as StackGAN)
     skip_excitation: bool = False
+    # Stage II: the draft's own features at full draft size (the encoder's first layer) join
+    # the up path where it reaches stage1_size, so that detail can follow the draft's edges
+    # (without it, Stage II sees its draft only through 16x16 features; n: off, as StackGAN)
+    draft_skip: bool = False
     max_steps: int = 0  # >0: stop with a checkpoint after this many steps in all (0: run every epoch)
     # >0: stop as on Ctrl-C (checkpoint, grid, log, the resume line) once this invocation has
     # run this many minutes (0: no time limit)
@@ -434,6 +440,7 @@ FIELD_RULES = {
     "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
     "sr_coef": number(0, 1e6),
     "s2_output": one_of("redraw", "residual"), "skip_excitation": Rule(bool),
+    "draft_skip": Rule(bool),
     "max_steps": whole(0), "max_minutes": number(0, 1e7),
     "snapshot_interval": whole(1), "keep_checkpoints": whole(0, 100_000),
     "log_interval": whole(1),
@@ -508,4 +515,4 @@ def stage_list(text: str) -> list:
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
                "r_num", "text_dim", "d_norm", "g_fusion", "d_cond", "aux_coef", "recon_coef",
-               "s2_output", "skip_excitation")
+               "s2_output", "skip_excitation", "draft_skip")

@@ -108,13 +108,16 @@ def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
     return nn.ModuleList(up_block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
 
 
-def run_ups(ups: nn.ModuleList, h, c, se=None, small=None):
+def run_ups(ups: nn.ModuleList, h, c, se=None, small=None, add=None):
     """G's up blocks on h (a CondUpBlock also reads the condition c); `se`: skip-layer
-    excitation gates by block index (str), each set from the feature map `small`."""
+    excitation gates by block index (str), each set from the feature map `small`;
+    `add`: (block index, feature map) added to that block's output."""
     for i, block in enumerate(ups):
         h = block(h, c) if isinstance(block, CondUpBlock) else block(h)
         if se is not None and str(i) in se:
             h = se[str(i)](small, h)
+        if add is not None and add[0] == i:
+            h = h + add[1]
     return h
 
 
@@ -222,6 +225,11 @@ class Stage2_G(nn.Module):
         # block whose output is at least 4x their size
         self.se = nn.ModuleDict({str(i): SEBlock(ngf * 4, chans[i + 1]) for i in range(1, n_up)}
                                 if cfg.skip_excitation else {})
+        # draft skip: the encoder's first (full draft size) features, projected, join the
+        # output of the up block that reaches stage1_size (index 1: two up from a quarter)
+        self.draft_skip = (nn.Sequential(nn.Conv2d(ngf, chans[2], 1, bias=False),
+                                         nn.BatchNorm2d(chans[2]), nn.ReLU(True))
+                           if cfg.draft_skip else None)
         self.residual_out = cfg.s2_output == "residual"
         if self.residual_out:  # detail over the draft: starts at zero, i.e. at the draft
             self.to_img = conv3x3(chans[-1], 3)
@@ -241,10 +249,12 @@ class Stage2_G(nn.Module):
             with torch.no_grad():
                 low, _, _ = self.stage1(text_emb, z)
         c, mu, logvar = self.ca_net(text_emb)
-        h = self.encoder(low)
+        full = self.encoder[:2](low)  # conv3x3 + ReLU at the draft's own size
+        h = self.encoder[2:](full)
         c_map = c[:, :, None, None].expand(-1, -1, h.size(2), h.size(3))
         h = small = self.residual(self.joint(torch.cat([h, c_map], 1)))
-        h = run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c), self.se, small)
+        add = (1, self.draft_skip(full)) if self.draft_skip is not None else None
+        h = run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c), self.se, small, add)
         if self.residual_out:
             draft = F.interpolate(low.float(), size=self.size, mode="bicubic", align_corners=False)
             img = over_draft(draft, self.to_img(h).float())  # fp32: atanh near +-1
