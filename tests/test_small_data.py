@@ -185,7 +185,6 @@ def test_residual_stage2_starts_at_its_upscaled_draft_and_learns_detail():
     assert not torch.allclose(g2(emb, z)[0], draft, atol=1e-3)
 
 
-
 def squares(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     """n images of a light square on a dark ground, each at its own position and size."""
     g = torch.Generator().manual_seed(seed)
