@@ -361,6 +361,19 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(trained, tmp_path, capsys, mo
         assert n[("kind_accuracy", "generated_short", kd)] == 3
         assert n[("kind_accuracy", "generated_russian", kd)] == 3
     assert (tmp_path / "ev" / "eval" / "generated.png").is_file()
+    # pattern_confusion.csv: every (asked, named) pair per set; its diagonal is the
+    # pattern accuracy, its rows the images that ask for a pattern
+    conf = pd.read_csv(tmp_path / "ev" / "eval" / "pattern_confusion.csv",
+                       keep_default_na=False)
+    assert list(conf.columns) == ["set", "asked", "named", "n"]
+    assert len(conf) == 2 * len(captions.PATTERNS) ** 2
+    for s in ("real_heldout", "generated"):
+        c = conf[conf.set == s]
+        assert c.n.sum() == n[("pattern_accuracy", s, "all")] > 0
+        hits = c[c.asked == c.named].n.sum()
+        assert hits / c.n.sum() == pytest.approx(val[("pattern_accuracy", s, "all")])
+        assert np.asarray(m["pattern_confusion"][s]).sum() == c.n.sum()
+    assert "pattern by pattern asked (generated" in printed
 
     # the targets are the dataset's attributes: pattern accuracy counts the held-out
     # samples that have a pattern (the fixture's shoes have none)
@@ -412,6 +425,17 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(trained, tmp_path, capsys, mo
                 "kind_acc_short", "colour_acc_short", "pattern_acc_short", "fd_garment",
                 "fd_garment_floor", "r_precision_generated", "kind_acc_real", "pattern_acc_real"):
         assert m2[key] == m[key] or (np.isnan(m2[key]) and np.isnan(m[key])), key
+
+
+def test_confusion_counts_asked_against_named_and_skips_samples_without_one():
+    logp = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.6, 0.3, 0.1],
+                                   [0.2, 0.2, 0.6], [0.1, 0.1, 0.8]]))
+    target = [0, 1, 1, evaluate.IGNORE, 2]
+    c = evaluate.confusion(logp, target, 3)
+    assert c.tolist() == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
+    acc, n = evaluate._accuracy(logp, target)
+    assert np.trace(c) / c.sum() == pytest.approx(acc) and c.sum() == n == 4
+    assert evaluate.confusion(logp[:0], [], 3).sum() == 0
 
 
 def test_missing_checkpoint_exits_2_with_a_clear_message(tmp_path):
@@ -480,6 +504,10 @@ def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_p
     assert "from their upscaled drafts (mean absolute pixel difference" in printed
     assert val[("feat_size", "featnet", "all")] == 128 == m["feat_size"]
     assert (tmp_path / "ev" / "eval" / "drafts_upscaled.png").is_file()
+    conf = pd.read_csv(tmp_path / "ev" / "eval" / "pattern_confusion.csv", keep_default_na=False)
+    assert set(conf.set) == {"real_heldout", "generated", "drafts_upscaled"}
+    assert conf[conf.set == "drafts_upscaled"].n.sum() == \
+        n[("pattern_accuracy", "drafts_upscaled", "all")]
 
     # the 128 px net is cached beside the 64 px one, its size in the key
     assert m["featnet"]["size"] == 128 and Path(m["featnet"]["path"]).is_file()
