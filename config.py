@@ -125,10 +125,6 @@ class Config:
     # | affine_text_z: the sentence embedding and the noise z (DF-GAN)
     g_fusion: str = "affine_text"
     d_cond: str = "text"  # text: D projects the sentence embedding itself | mu: D gets G's CA mean
-    # Stage I: fixed sine and cosine waves along x and y (periods of 4 to 16 px at 64 px)
-    # join the input of G's last up block, which can then lay stripes, checks and dots
-    # over a garment by weighting them (n: off, as StackGAN)
-    fourier_feats: bool = False
     # training
     batch_size: int = 64
     epochs: int = 120
@@ -444,7 +440,7 @@ FIELD_RULES = {
     "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
     "sr_coef": number(0, 1e6),
     "s2_output": one_of("redraw", "residual"), "skip_excitation": Rule(bool),
-    "draft_skip": Rule(bool), "fourier_feats": Rule(bool),
+    "draft_skip": Rule(bool),
     "max_steps": whole(0), "max_minutes": number(0, 1e7),
     "snapshot_interval": whole(1), "keep_checkpoints": whole(0, 100_000),
     "log_interval": whole(1),
@@ -519,4 +515,4 @@ def stage_list(text: str) -> list:
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
                "r_num", "text_dim", "d_norm", "g_fusion", "d_cond", "aux_coef", "recon_coef",
-               "s2_output", "skip_excitation", "draft_skip", "fourier_feats")
+               "s2_output", "skip_excitation", "draft_skip")

@@ -76,38 +76,10 @@ class CondUpBlock(nn.Module):
         self.bn = nn.BatchNorm2d(cout, affine=False)
         self.affine = nn.Linear(c_dim, cout * 2)
 
-    def forward(self, x, c, extra=None):
+    def forward(self, x, c):
         gamma, beta = self.affine(c).chunk(2, dim=1)
-        h = self.bn(with_extra(self.conv, x, extra))
+        h = self.bn(self.conv(x))
         return F.relu(h * (1 + gamma[:, :, None, None]) + beta[:, :, None, None])
-
-
-def with_extra(up, x, extra=None):
-    """up (nearest x2, then layers) on x, with `extra` channels (at the upsampled size,
-    one map for the whole batch) joining the upsampled x before the first conv."""
-    if extra is None:
-        return up(x)
-    h = up[0](x)
-    fmt = (torch.channels_last if h.is_contiguous(memory_format=torch.channels_last)
-           else torch.contiguous_format)  # keep x's layout: a mixed one takes slow kernels
-    h = torch.cat([h, extra.to(h.dtype).expand(len(h), -1, -1, -1)], 1).contiguous(memory_format=fmt)
-    return up[1:](h)
-
-
-FOURIER_PERIODS = (4, 5, 6, 8, 11, 16)  # px at 64 px: the built-in patterns' 4.5-8 px among them
-
-
-def fourier_maps(size: int, periods=FOURIER_PERIODS, ref: int = 64) -> torch.Tensor:
-    """(1, 4 * len(periods), size, size): sin and cos of x and of y for each period
-    (given in px of a `ref` px image, so they scale with `size`)."""
-    pos = (torch.arange(size, dtype=torch.float32) + 0.5) * (ref / size)
-    maps = []
-    for p in periods:
-        w = 2 * math.pi * pos / p
-        for f in (torch.sin(w), torch.cos(w)):
-            maps.append(f[None, :].expand(size, size))  # along x
-            maps.append(f[:, None].expand(size, size))  # along y
-    return torch.stack(maps)[None]
 
 
 def fusion_dim(cfg: Config) -> int:
@@ -126,27 +98,22 @@ def block_cond(fusion: str, text_emb, z, c):
     return c
 
 
-def make_ups(chans, c_dim: int, fusion: str, last_extra: int = 0) -> nn.ModuleList:
+def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
     """The upsampling blocks of a generator: plain (StackGAN, fusion "input") or
-    text-conditioned (any other fusion; `c_dim` is fusion_dim's); the last one takes
-    `last_extra` more input channels (see run_ups' `extra`)."""
+    text-conditioned (any other fusion; `c_dim` is fusion_dim's)."""
     if fusion not in FUSIONS:
         raise ValueError(f"g_fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-    n = len(chans) - 1
-    cins = [chans[i] + (last_extra if i == n - 1 else 0) for i in range(n)]
     if fusion != "input":
-        return nn.ModuleList(CondUpBlock(cins[i], chans[i + 1], c_dim) for i in range(n))
-    return nn.ModuleList(up_block(cins[i], chans[i + 1]) for i in range(n))
+        return nn.ModuleList(CondUpBlock(chans[i], chans[i + 1], c_dim) for i in range(len(chans) - 1))
+    return nn.ModuleList(up_block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
 
 
-def run_ups(ups: nn.ModuleList, h, c, se=None, small=None, add=None, extra=None):
+def run_ups(ups: nn.ModuleList, h, c, se=None, small=None, add=None):
     """G's up blocks on h (a CondUpBlock also reads the condition c); `se`: skip-layer
     excitation gates by block index (str), each set from the feature map `small`;
-    `add`: (block index, feature map) added to that block's output; `extra`: channels
-    joining the last block's upsampled input (make_ups' last_extra)."""
+    `add`: (block index, feature map) added to that block's output."""
     for i, block in enumerate(ups):
-        more = extra if i == len(ups) - 1 else None
-        h = block(h, c, more) if isinstance(block, CondUpBlock) else with_extra(block, h, more)
+        h = block(h, c) if isinstance(block, CondUpBlock) else block(h)
         if se is not None and str(i) in se:
             h = se[str(i)](small, h)
         if add is not None and add[0] == i:
@@ -218,11 +185,7 @@ class Stage1_G(nn.Module):
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 16, bias=False),
                                 nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         chans = [ngf] + [max(ngf >> (i + 1), 8) for i in range(n_up)]
-        # fourier_feats: fixed waves join the last up block's input (a buffer: no weights)
-        waves = fourier_maps(cfg.stage1_size) if cfg.fourier_feats else None
-        self.register_buffer("waves", waves, persistent=False)
-        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion,
-                            0 if waves is None else waves.shape[1])
+        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
         self.fusion = cfg.g_fusion
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
         self.ngf = ngf
@@ -230,8 +193,7 @@ class Stage1_G(nn.Module):
     def forward(self, text_emb, z):
         c, mu, logvar = self.ca_net(text_emb)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
-        h = run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c), extra=self.waves)
-        return self.to_img(h), mu, logvar
+        return self.to_img(run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c))), mu, logvar
 
 
 class Stage2_G(nn.Module):

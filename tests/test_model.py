@@ -6,8 +6,8 @@ import torch
 from captions import COLOURS, KINDS, PATTERNS
 from config import Config
 from train import ema_decay
-from model import (CA_NET, FOURIER_PERIODS, CondUpBlock, Stage1_D, Stage1_G, Stage2_G,
-                   build_models, fourier_maps, run_ups, weights_init)
+from model import (CA_NET, CondUpBlock, Stage1_D, Stage1_G, Stage2_G, build_models, run_ups,
+                   weights_init)
 from utils import accumulate, standing_stats
 
 
@@ -218,35 +218,3 @@ def test_ema_decay_warms_up():
     for step in range(2000):
         share *= ema_decay(0.999, step)
     assert share < 1e-3 < 0.999 ** 2000
-
-
-def test_fourier_waves_have_their_periods_and_let_g_draw_fine_stripes():
-    """fourier_feats: the last up block reads sin/cos waves of x and y; with them a tiny
-    Stage-I G fits stripes of a 5 px period (off the 2x upsampling grid) that the same G
-    without them cannot draw in as many steps."""
-    waves = fourier_maps(64)
-    assert waves.shape == (1, 4 * len(FOURIER_PERIODS), 64, 64)
-    for k, p in enumerate(FOURIER_PERIODS):  # channel 4k: sin along x, 4k + 1: sin along y
-        along_x = torch.fft.rfft(waves[0, 4 * k, 0]).abs()
-        assert abs(int(along_x.argmax()) - 64 / p) <= 0.5  # its period, in cycles per 64 px
-        assert torch.allclose(waves[0, 4 * k + 1, :, 0], waves[0, 4 * k, 0])  # y: the same wave
-        assert torch.allclose(waves[0, 4 * k + 1].std(1), torch.zeros(64), atol=1e-6)
-    assert fourier_maps(32).shape[-1] == 32
-
-    x = torch.arange(64, dtype=torch.float32)
-    stripes = torch.where((x % 5) < 2.5, 0.8, -0.8).expand(64, 64)  # vertical, 5 px period
-    target = stripes.expand(4, 3, 64, 64)
-    emb, z = torch.randn(4, 384), torch.randn(4, 100)
-    errors = {}
-    for on in (False, True):
-        torch.manual_seed(0)
-        g = Stage1_G(Config(gf_dim=2, stage1_size=64, fourier_feats=on))
-        assert (g.waves is not None) == on and "waves" not in g.state_dict()  # rebuilt, not saved
-        opt = torch.optim.Adam(g.parameters(), 5e-3)
-        for _ in range(150):
-            loss = (g(emb, z)[0] - target).abs().mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        errors[on] = loss.item()
-    assert errors[True] < 0.5 * errors[False], errors
