@@ -350,7 +350,7 @@ def confusion(logp: torch.Tensor, target, n_classes: int) -> np.ndarray:
     left out. Its diagonal over its row sums is the per-class accuracy."""
     target = np.asarray(target, dtype=np.int64)
     ok = target >= 0
-    named = logp.argmax(1).numpy()[ok] if len(target) else np.zeros(0, dtype=np.int64)
+    named = logp.argmax(1).numpy()[ok]
     counts = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(counts, (target[ok], named), 1)
     return counts
@@ -978,10 +978,10 @@ def per_kind_from_rows(rows) -> dict:
     return per_kind
 
 
-def write_rows(rows, path: Path) -> Path:
+def write_rows(rows, path: Path, header=("metric", "set", "kind", "value", "n")) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["metric", "set", "kind", "value", "n"])
+    w.writerow(header)
     w.writerows(rows)
     _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
     return path
@@ -989,15 +989,9 @@ def write_rows(rows, path: Path) -> Path:
 
 def write_confusion(conf: dict, path: Path) -> Path:
     """pattern_confusion.csv: set, asked, named, n for every pair of patterns (zeros too)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["set", "asked", "named", "n"])
-    for set_name, counts in conf.items():
-        for a, asked in enumerate(PATTERN_NAMES):
-            for b, named in enumerate(PATTERN_NAMES):
-                w.writerow([set_name, asked, named, int(counts[a, b])])
-    _atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
-    return path
+    rows = [(set_name, asked, named, int(counts[a, b])) for set_name, counts in conf.items()
+            for a, asked in enumerate(PATTERN_NAMES) for b, named in enumerate(PATTERN_NAMES)]
+    return write_rows(rows, path, header=("set", "asked", "named", "n"))
 
 
 def log_to_wandb(cfg: Config, out: Path, metrics: dict, grid):
