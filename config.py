@@ -118,6 +118,9 @@ class Config:
     z_dim: int = 100
     condition_dim: int = 128
     gf_dim: int = 128  # Stage-I G starts at gf_dim*8 channels; Stage-II G works at gf_dim*4
+    # Stage-I G's up blocks halve their channels from gf_dim*8 but keep at least this many
+    # (StackGAN: 8, a floor its own widths never reach; the builtin preset: 32)
+    g_min_channels: int = 8
     df_dim: int = 64
     r_num: int = 2  # residual blocks in Stage-II G
     # text conditioning (the StackGAN originals: g_fusion "input", d_cond "mu")
@@ -428,6 +431,7 @@ FIELD_RULES = {
     "stage": one_of(1, 2), "stage1_size": power_of_two(8, 1024),
     "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
+    "g_min_channels": whole(1, 1024),
     "r_num": whole(0, 64), "g_fusion": one_of(*FUSIONS),
     "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
@@ -515,5 +519,5 @@ def stage_list(text: str) -> list:
 # fields whose values change the shape of the networks: a checkpoint only loads
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
-               "r_num", "text_dim", "d_norm", "g_fusion", "d_cond", "aux_coef", "recon_coef",
-               "s2_output", "skip_excitation", "draft_skip")
+               "g_min_channels", "r_num", "text_dim", "d_norm", "g_fusion", "d_cond",
+               "aux_coef", "recon_coef", "s2_output", "skip_excitation", "draft_skip")

@@ -184,7 +184,7 @@ class Stage1_G(nn.Module):
         self.ca_net = CA_NET(cfg.text_dim, cfg.condition_dim)
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 16, bias=False),
                                 nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
-        chans = [ngf] + [max(ngf >> (i + 1), 8) for i in range(n_up)]
+        chans = [ngf] + [max(ngf >> (i + 1), cfg.g_min_channels) for i in range(n_up)]
         self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
         self.fusion = cfg.g_fusion
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())

@@ -53,6 +53,20 @@ def test_stage2_keeps_stage1_frozen():
     assert all(not p.requires_grad for p in g2.stage1.parameters())
 
 
+def test_stage1_channel_floor_widens_only_the_blocks_below_it():
+    """g_min_channels: Stage I's up blocks halve from gf_dim*8 (32 here: 16, 8, 4, 2 by
+    halving) but keep at least this many; a checkpoint's config without the field (older
+    runs) builds StackGAN's floor of 8, so its weights still fit."""
+    outs = lambda g: [b.conv[1].out_channels for b in g.ups]
+    assert outs(Stage1_G(tiny(stage1_size=64))) == [16, 8, 8, 8]
+    g = Stage1_G(tiny(stage1_size=64, g_min_channels=12))
+    assert outs(g) == [16, 12, 12, 12] and g.to_img[0].in_channels == 12
+    img, _, _ = g(torch.randn(2, 10), torch.randn(2, 8))
+    assert img.shape == (2, 3, 64, 64)
+    old = {k: v for k, v in tiny().to_dict().items() if k != "g_min_channels"}
+    assert Config.from_dict(old).g_min_channels == 8
+
+
 def test_sizes_must_be_powers_of_two():
     with pytest.raises(ValueError, match="power of two"):
         Stage1_G(tiny(stage1_size=48))

@@ -316,8 +316,10 @@ def test_stage2_finds_the_stage1_checkpoint_by_itself(dfmm, tmp_path, capsys):
     capsys.readouterr()
     assert main.main(["--train", "y", "--stage", "2", "--max_steps", "1"] + base) == 2
     assert "stage1/last.pt does not exist" in capsys.readouterr().err
-    assert main.main(["--train", "y", "--stage", "1"] + base) == 0
+    # a Stage I whose narrowest blocks are widened: Stage II builds it from its checkpoint
+    assert main.main(["--train", "y", "--stage", "1", "--g_min_channels", "12"] + base) == 0
     s1 = load_checkpoint(tmp_path / "o" / "stage1" / "last.pt")
+    assert s1["config"]["g_min_channels"] == 12 and s1["netG_ema"]["to_img.0.weight"].shape[1] == 12
     assert main.main(["--train", "y", "--stage", "2", "--max_steps", "2", "--s2_output",
                       "residual", "--skip_excitation", "y", "--sr_coef", "1",
                       "--log_interval", "1"] + base) == 0
