@@ -119,7 +119,8 @@ class Config:
     condition_dim: int = 128
     gf_dim: int = 128  # Stage-I G starts at gf_dim*8 channels; Stage-II G works at gf_dim*4
     # Stage-I G's up blocks halve their channels from gf_dim*8 but keep at least this many
-    # (StackGAN: 8, a floor its own widths never reach; the builtin preset: 32)
+    # (StackGAN: 8, a floor its own widths never reach; every preset keeps it; 32 is
+    # measured in docs/results.md)
     g_min_channels: int = 8
     df_dim: int = 64
     r_num: int = 2  # residual blocks in Stage-II G
