@@ -122,6 +122,10 @@ class Config:
     # (StackGAN: 8, a floor its own widths never reach; every preset keeps it; 32 is
     # measured in docs/results.md)
     g_min_channels: int = 8
+    # Stage-I G draws at this many times stage1_size and averages each square of that
+    # side down to one pixel, as the training images were area-downscaled from photos
+    # (StackGAN: 1, drawn at stage1_size; docs/results.md measures 2)
+    g_supersample: int = 1
     df_dim: int = 64
     r_num: int = 2  # residual blocks in Stage-II G
     # text conditioning (the StackGAN originals: g_fusion "input", d_cond "mu")
@@ -432,7 +436,7 @@ FIELD_RULES = {
     "stage": one_of(1, 2), "stage1_size": power_of_two(8, 1024),
     "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
-    "g_min_channels": whole(1, 1024),
+    "g_min_channels": whole(1, 1024), "g_supersample": one_of(1, 2, 4),
     "r_num": whole(0, 64), "g_fusion": one_of(*FUSIONS),
     "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
@@ -520,5 +524,5 @@ def stage_list(text: str) -> list:
 # fields whose values change the shape of the networks: a checkpoint only loads
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
-               "g_min_channels", "r_num", "text_dim", "d_norm", "g_fusion", "d_cond",
+               "g_min_channels", "g_supersample", "r_num", "text_dim", "d_norm", "g_fusion", "d_cond",
                "aux_coef", "recon_coef", "s2_output", "skip_excitation", "draft_skip")

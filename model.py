@@ -180,7 +180,8 @@ class Stage1_G(nn.Module):
         super().__init__()
         self.z_dim = cfg.z_dim
         ngf = cfg.gf_dim * 8
-        n_up = _log2(cfg.stage1_size, "stage1_size") - 2
+        self.supersample = cfg.g_supersample  # up blocks past stage1_size, then averaged down
+        n_up = _log2(cfg.stage1_size * self.supersample, "stage1_size") - 2
         self.ca_net = CA_NET(cfg.text_dim, cfg.condition_dim)
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 16, bias=False),
                                 nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
@@ -193,7 +194,10 @@ class Stage1_G(nn.Module):
     def forward(self, text_emb, z):
         c, mu, logvar = self.ca_net(text_emb)
         h = self.fc(torch.cat([z, c], 1)).view(-1, self.ngf, 4, 4)
-        return self.to_img(run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c))), mu, logvar
+        img = self.to_img(run_ups(self.ups, h, block_cond(self.fusion, text_emb, z, c)))
+        if self.supersample > 1:
+            img = F.avg_pool2d(img, self.supersample)
+        return img, mu, logvar
 
 
 class Stage2_G(nn.Module):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from captions import COLOURS, KINDS, PATTERNS
-from config import Config
+from config import Config, UserError
 from train import ema_decay
 from model import (CA_NET, CondUpBlock, Stage1_D, Stage1_G, Stage2_G, build_models, run_ups,
                    weights_init)
@@ -65,6 +65,27 @@ def test_stage1_channel_floor_widens_only_the_blocks_below_it():
     assert img.shape == (2, 3, 64, 64)
     old = {k: v for k, v in tiny().to_dict().items() if k != "g_min_channels"}
     assert Config.from_dict(old).g_min_channels == 8
+
+
+def test_supersampled_stage1_draws_larger_and_averages_down():
+    """g_supersample 2: one more up block, the picture drawn at twice stage1_size, and the
+    output is the mean of each 2x2 square of that picture; the StackGAN default (1) and a
+    checkpoint's config without the field draw at stage1_size."""
+    torch.manual_seed(0)
+    plain, ss = Stage1_G(tiny(stage1_size=32)), Stage1_G(tiny(stage1_size=32, g_supersample=2))
+    assert len(ss.ups) == len(plain.ups) + 1
+    drawn = {}
+    ss.to_img.register_forward_hook(lambda m, i, o: drawn.setdefault("big", o))
+    img, _, _ = ss.eval()(torch.randn(2, 10), torch.randn(2, 8))
+    big = drawn["big"]
+    assert big.shape == (2, 3, 64, 64) and img.shape == (2, 3, 32, 32)
+    corner = big[:, :, :2, :2].mean((2, 3))
+    assert torch.allclose(img[:, :, 0, 0], corner, atol=1e-6)
+    assert not torch.allclose(img, big[:, :, ::2, ::2], atol=1e-3)  # not a subsampling
+    old = {k: v for k, v in tiny().to_dict().items() if k != "g_supersample"}
+    assert Config.from_dict(old).g_supersample == 1
+    with pytest.raises(UserError, match="g_supersample"):
+        tiny(g_supersample=3).validate()
 
 
 def test_sizes_must_be_powers_of_two():
