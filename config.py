@@ -524,5 +524,5 @@ def stage_list(text: str) -> list:
 # fields whose values change the shape of the networks: a checkpoint only loads
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
-               "g_min_channels", "g_supersample", "r_num", "text_dim", "d_norm", "g_fusion", "d_cond",
-               "aux_coef", "recon_coef", "s2_output", "skip_excitation", "draft_skip")
+               "g_min_channels", "g_supersample", "r_num", "text_dim", "d_norm", "g_fusion",
+               "d_cond", "aux_coef", "recon_coef", "s2_output", "skip_excitation", "draft_skip")
