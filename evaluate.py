@@ -83,13 +83,13 @@ floor); kind: a kind or
 kind whose samples name none, is written as nan), generated.png (up to 20 of the
 evaluated long-caption images per kind, one row per kind) and, for Stage II,
 drafts_upscaled.png (their drafts), and pattern_confusion.csv (`set,asked,named,n`: how
-many images of the real held-out, generated and, for Stage II, drafts_upscaled sets asked
-for one pattern the feature net names as each pattern; printed as the accuracy per
-pattern asked and the pattern most often named instead). The metrics also go to WandB (job
-type "eval") unless --wandb disabled. The feature net is cached as
-CACHE_DIR/featnet_<key>.pt, key = hash of its training samples' kinds, colours and
-patterns, the vocabularies and its settings (its size among them), so it is trained
-once per dataset and size.
+many images of the real held-out, generated, generated_short and, for Stage II,
+drafts_upscaled sets asked for one pattern the feature net names as each pattern;
+printed as the accuracy per pattern asked and the pattern most often named instead).
+The metrics also go to WandB (job type "eval") unless --wandb disabled. The feature net
+is cached as CACHE_DIR/featnet_<key>.pt, key = hash of its training samples' kinds,
+colours and patterns, the vocabularies and its settings (its size among them), so it is
+trained once per dataset and size.
 
 The file carries its own judge (the feature net, its training and its cache) next to
 the metrics, which makes it longer than ~500 lines: the judge is only ever used here.
@@ -616,9 +616,10 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     set_targets = {"real": r_t, "generated": g_t, "drafts": g_t, "short": s_t, "russian": s_t}
     acc = accuracies({s: (logps[s], set_targets[s]) for s in logps}, present)
     name = dict(SETS)
-    # which pattern the images show for each pattern asked for (real, generated, drafts)
+    # which pattern the images show for each pattern asked for (real, generated, drafts,
+    # and the same samples drawn from their short captions)
     pattern_conf = {name[s]: confusion(logps[s][2], set_targets[s][2], len(PATTERN_NAMES))
-                    for s in ("real", "generated", "drafts") if s in logps}
+                    for s in ("real", "generated", "drafts", "short") if s in logps}
     rp = {}  # set -> (hit rate, candidates per image)
     for s in ("real", "generated", "drafts"):
         if s in logps:

@@ -366,8 +366,8 @@ def test_evaluate_end_to_end_on_a_tiny_dfmm_folder(trained, tmp_path, capsys, mo
     conf = pd.read_csv(tmp_path / "ev" / "eval" / "pattern_confusion.csv",
                        keep_default_na=False)
     assert list(conf.columns) == ["set", "asked", "named", "n"]
-    assert len(conf) == 2 * len(captions.PATTERNS) ** 2
-    for s in ("real_heldout", "generated"):
+    assert len(conf) == 3 * len(captions.PATTERNS) ** 2
+    for s in ("real_heldout", "generated", "generated_short"):
         c = conf[conf.set == s]
         assert c.n.sum() == n[("pattern_accuracy", s, "all")] > 0
         hits = c[c.asked == c.named].n.sum()
