@@ -275,7 +275,8 @@ def stage1_generator(asked: Config, state, stage1_path):
     return stage1_g, stage1_cfg
 
 
-STAGE1_SHARED = ("stage1_size", "z_dim", "condition_dim", "text_dim")  # Stage II inherits these
+# Stage II inherits these from its Stage I
+STAGE1_SHARED = ("stage1_size", "z_dim", "condition_dim", "text_dim", "text_pooling")
 
 
 def settle_config(asked: Config, explicit: set, state, resume_path, stage1_cfg,
