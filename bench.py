@@ -203,8 +203,7 @@ def end_to_end(netG, cfg, device, n_images, batch, out_dir):
     assert len(set(prompts)) == n_images
     load_text_model(cfg.text_model)  # loading the model is set-up, not per-request work
     t0 = time.perf_counter()
-    emb = torch.from_numpy(encode_texts(prompts, cfg.text_model, batch_size=128,
-                                        pooling=cfg.text_pooling)).to(device)
+    emb = torch.from_numpy(encode_texts(prompts, cfg.text_model, batch_size=128)).to(device)
     t1 = time.perf_counter()
     images = sample_images(netG, emb, 1, seed=0, batch=batch, bf16=use_bf16(cfg.amp, device))
     sync(device)

@@ -52,13 +52,10 @@ PARSING_LABELS = {"t-shirt": 1, "dress": 4, "pants": 5, "leggings": 6, "shoes": 
 # simple, so narrower networks learn them within minutes on a laptop CPU.
 # Mode seeking is part of it: on these garments a generator that follows the words
 # otherwise draws one garment per prompt (on real photos it varies them by itself).
-# Its captions are read sentence by sentence (text_pooling), so that a long caption's
-# pattern sentence is a quarter of its vector.
 BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_size=32,
-                      snapshot_interval=5, ms_coef=0.2, text_pooling="sentences")
+                      snapshot_interval=5, ms_coef=0.2)
 # What sets the BatchNorm scale and shift of G's up blocks (Config.g_fusion; see model.py)
 FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
-POOLINGS = ("sentences", "caption")  # Config.text_pooling
 # Real photos on a CPU (a few thousand photos, Stage I in 30 minutes, Stage II in 45 with
 # --max_minutes; see PHOTOS_STAGE2 for Stage II's own widths). StackGAN's plain
 # discriminator: at equal wall time on clothing-small (16 and 22 minutes, docs/results.md)
@@ -114,11 +111,6 @@ class Config:
     # text
     text_model: str = "all-MiniLM-L6-v2"
     text_dim: int = 384
-    # how a caption becomes one vector: "caption", the whole caption through the text model
-    # at once (as StackGAN's encoder read the whole description); "sentences", the mean of
-    # its sentences' vectors, so that a four-sentence DFMM caption keeps its pattern
-    # sentence at a quarter of the weight (the builtin preset; docs/text-conditioning.md)
-    text_pooling: str = "caption"
     # model
     stage: int = 1
     stage1_size: int = 64
@@ -445,7 +437,7 @@ FIELD_RULES = {
     "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
     "g_min_channels": whole(1, 1024), "g_supersample": one_of(1, 2, 4),
-    "r_num": whole(0, 64), "g_fusion": one_of(*FUSIONS), "text_pooling": one_of(*POOLINGS),
+    "r_num": whole(0, 64), "g_fusion": one_of(*FUSIONS),
     "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
     "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself

@@ -559,8 +559,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     with_drafts = gcfg.stage == 2  # Stage II is scored beside its own upscaled drafts
     out = check_writable_dir(Path(cfg.out_dir) / "eval")
     # the captions are embedded with the generator's text model
-    ecfg = dataclasses.replace(cfg, text_model=gcfg.text_model, text_dim=gcfg.text_dim,
-                               text_pooling=gcfg.text_pooling)
+    ecfg = dataclasses.replace(cfg, text_model=gcfg.text_model, text_dim=gcfg.text_dim)
     if gcfg.resolved_data_dir().resolve() != ecfg.resolved_data_dir().resolve():
         print(f"note: {net_g_path} was trained on {gcfg.resolved_data_dir()}, "
               f"evaluating on {ecfg.resolved_data_dir()}")
@@ -584,7 +583,7 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
                                                            ecfg.seed)
     g_t = [t[sel] for t in targets]
     s_t = [t[has_short] for t in g_t]
-    twins, readings, ru_emb = russian_twins(data, sel, ecfg.text_model, ecfg.text_pooling)
+    twins, readings, ru_emb = russian_twins(data, sel, ecfg.text_model)
     ru_read_back = float(np.mean([r.kind == data.kinds[i] and r.colours == (data.colours[i],)
                                   and r.patterns == said_patterns(data.patterns[i])
                                   for r, i in zip(readings, sel)]))
@@ -746,7 +745,7 @@ def said_patterns(pattern) -> tuple:
     return () if pattern in (None, "pure color") else (pattern,)
 
 
-def russian_twins(data, sel, text_model: str, pooling: str = "caption"):
+def russian_twins(data, sel, text_model: str):
     """(Russian prompts, their readings, the readings' embeddings (len(sel), D)): for each
     selected sample the Russian of its short prompt (kind, colour and the pattern the short
     caption names), the phrasing varied with its position."""
@@ -754,7 +753,7 @@ def russian_twins(data, sel, text_model: str, pooling: str = "caption"):
                                                              or (None,))[0], variant=j)
              for j, i in enumerate(sel)]
     readings = [sample.read_prompt(t) for t in twins]
-    emb = torch.from_numpy(encode_texts([r.text for r in readings], text_model, pooling=pooling))
+    emb = torch.from_numpy(encode_texts([r.text for r in readings], text_model))
     return twins, readings, emb
 
 

@@ -6,7 +6,7 @@ encodes the training captions that datasets.py derives for every garment sample 
 garment's sentences of the DFMM caption, its measured colour, short forms; building
 the 64 px image cache when it is missing) and writes DIR/embeddings.pickle:
     {"version": 2, "model": NAME, "dim": D, "captions_hash": sha256 of captions.json's
-     contents, "texts": [unique captions and their sentences], "embeddings": float32 (len(texts), D)}
+     contents, "texts": [unique caption strings], "embeddings": float32 (len(texts), D)}
 as plain arrays in NumPy's .npz format (the file name stays the one the design card
 gives); it is read with pickles refused, so a data folder from elsewhere cannot run code.
 
@@ -22,14 +22,13 @@ import functools
 import hashlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 import datasets
-from config import PATH, POOLINGS, TEXT, CliParser, Config, flag_type, whole
+from config import PATH, TEXT, CliParser, Config, flag_type, whole
 from utils import UserError, _atomic_write, first_line, make_dir, run_cli
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -68,66 +67,24 @@ def _load_text_model(name: str, device: str):
         raise UserError(f"could not load text model {name!r}: {first_line(e)}") from None
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def text_units(text: str, pooling: str = "caption") -> list[str]:
-    """What the text model reads of one text (Config.text_pooling): the text itself
-    ("caption"), or each of its sentences ("sentences"; a text without a sentence end is
-    one sentence)."""
-    if pooling == "caption":
-        return [text]
-    if pooling != "sentences":
-        raise ValueError(f"text_pooling must be sentences or caption, got {pooling!r}")
-    return [u for u in _SENTENCE_END.split(text.strip()) if u] or [text]
-
-
-def pool_units(texts, pooling: str, vectors_of) -> np.ndarray:
-    """float32 (len(texts), D): each text's vector from its units' vectors
-    (`vectors_of(unique units)` -> (n, D)): the mean of its sentences, scaled to their
-    mean length (a one-sentence text keeps its own vector exactly)."""
-    units = [text_units(t, pooling) for t in texts]
-    uniq = sorted({u for us in units for u in us})
-    vecs = np.asarray(vectors_of(uniq), dtype=np.float32)
-    row = {u: i for i, u in enumerate(uniq)}
-    out = np.empty((len(units), vecs.shape[1]), np.float32)
-    for i, us in enumerate(units):
-        v = vecs[[row[u] for u in us]]
-        if len(v) == 1:
-            out[i] = v[0]
-            continue
-        mean = v.mean(0)
-        norm = float(np.linalg.norm(mean))
-        out[i] = mean * (float(np.linalg.norm(v, axis=1).mean()) / norm) if norm > 0 else mean
-    return out
-
-
 def encode_texts(texts, model_name: str = DEFAULT_TEXT_MODEL, batch_size: int = 256,
-                 progress: bool = False, device: str = "cpu",
-                 pooling: str = "caption") -> np.ndarray:
-    """float32 (len(texts), D) embeddings, each text read as `pooling` says (text_units)."""
+                 progress: bool = False, device: str = "cpu") -> np.ndarray:
+    """float32 (len(texts), D) sentence embeddings."""
     texts = list(texts)
     model = load_text_model(model_name, device)
     if not texts:
         return np.zeros((0, model.get_embedding_dimension()), np.float32)
-
-    def vectors_of(units):
-        return model.encode(units, batch_size=batch_size, show_progress_bar=progress,
-                            convert_to_numpy=True)
-    if pooling == "caption":
-        return np.asarray(vectors_of(texts), dtype=np.float32)
-    return pool_units(texts, pooling, vectors_of)
+    vecs = model.encode(texts, batch_size=batch_size, show_progress_bar=progress,
+                        convert_to_numpy=True)
+    return np.asarray(vecs, dtype=np.float32)
 
 
-def too_long(texts, model_name: str = DEFAULT_TEXT_MODEL, device: str = "cpu",
-             pooling: str = "caption") -> list[int]:
-    """Indices of texts with a unit (text_units) longer than the encoder reads (it keeps
-    only the first tokens)."""
+def too_long(texts, model_name: str = DEFAULT_TEXT_MODEL, device: str = "cpu") -> list[int]:
+    """Indices of texts longer than the encoder reads (it keeps only the first tokens)."""
     model = load_text_model(model_name, device)
     limit = model.max_seq_length
     return [i for i, t in enumerate(texts)
-            if any(len(model.tokenizer(u, add_special_tokens=True)["input_ids"]) > limit
-                   for u in text_units(t, pooling))]
+            if len(model.tokenizer(t, add_special_tokens=True)["input_ids"]) > limit]
 
 
 def captions_hash(captions: dict) -> str:
@@ -139,9 +96,9 @@ def build_cache(captions: dict, path, texts, model_name: str = DEFAULT_TEXT_MODE
                 batch_size: int = 256, progress: bool = True) -> dict:
     """Encode the unique `texts` (the training captions derived from `captions`, the
     contents of captions.json, whose hash the cache records) and write it atomically."""
-    texts = cached_units(texts)
+    texts = sorted(set(texts))
     if progress:
-        print(f"encoding {len(texts)} unique captions and sentences with {model_name}")
+        print(f"encoding {len(texts)} unique captions with {model_name}")
     vecs = encode_texts(texts, model_name, batch_size, progress=progress)
     cache = {"version": CACHE_VERSION, "model": model_name, "dim": int(vecs.shape[1]),
              "captions_hash": captions_hash(captions), "texts": texts, "embeddings": vecs}
@@ -194,17 +151,11 @@ def check_cache(cache: dict, captions: dict, model_name: str, path, data_dir=Non
                         f"(captions.json, <photo>.txt; stale cache). Re-encode them: {fix}")
 
 
-def cached_units(texts) -> list[str]:
-    """What the cache holds for `texts`: each text and, when it has more than one, its
-    sentences, so that either text_pooling reads the cache without the text model."""
-    return sorted({u for t in texts for p in POOLINGS for u in text_units(t, p)})
-
-
 def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, data_dir=None,
-           progress: bool = True, pooling: str = "caption") -> np.ndarray:
-    """Vectors for `texts` (the captions datasets.py derives for each sample), read as
-    `pooling` says, from the cache at `path` (built when missing); units the cache lacks
-    are encoded and added, so the cache stays the one source."""
+           progress: bool = True) -> np.ndarray:
+    """Vectors for `texts` (the captions datasets.py derives for each sample) from the
+    cache at `path`, built when missing; texts the cache lacks are encoded and added,
+    so the cache stays the one source."""
     path = Path(path)
     if not path.exists():
         cache = build_cache(captions, path, texts, model_name, progress=progress)
@@ -212,14 +163,14 @@ def lookup(texts, captions: dict, path, model_name: str = DEFAULT_TEXT_MODEL, da
         cache = read_cache(path)
         check_cache(cache, captions, model_name, path, data_dir)
     row = {t: i for i, t in enumerate(cache["texts"])}
-    missing = sorted({u for t in texts for u in text_units(t, pooling) if u not in row})
+    missing = sorted({t for t in texts if t not in row})
     if missing:
         vecs = encode_texts(missing, model_name)
         cache["texts"] = list(cache["texts"]) + missing
         cache["embeddings"] = np.concatenate([cache["embeddings"], vecs])
         write_cache(cache, path)
         row = {t: i for i, t in enumerate(cache["texts"])}
-    return pool_units(texts, pooling, lambda units: cache["embeddings"][[row[u] for u in units]])
+    return cache["embeddings"][[row[t] for t in texts]]
 
 
 def load_data(cfg: Config, size: int, split: str | None = "train", progress: bool = True,
@@ -230,8 +181,7 @@ def load_data(cfg: Config, size: int, split: str | None = "train", progress: boo
         index = datasets.prepare(cfg, size, progress=progress)
     texts = datasets.caption_texts(index)
     emb = lookup(texts, index["caption_file"], cfg.resolved_embeddings_path(), cfg.text_model,
-                 data_dir=cfg.resolved_data_dir(), progress=progress,
-                 pooling=cfg.text_pooling) if texts else \
+                 data_dir=cfg.resolved_data_dir(), progress=progress) if texts else \
         np.zeros((0, cfg.text_dim), np.float32)
     if emb.shape[1] != cfg.text_dim:
         raise UserError(f"--text_dim {cfg.text_dim} does not fit the text model "
@@ -268,7 +218,7 @@ def main(argv=None) -> int:
         out = Path(args.out) if args.out else cfg.resolved_embeddings_path()
         make_dir(out.parent)  # a folder that cannot be made fails before the encoding
         cache = build_cache(captions, out, texts, args.text_model, batch_size=args.batch_size)
-        print(f"wrote {out}: {len(cache['texts'])} unique captions and sentences of {index['n']} garment "
+        print(f"wrote {out}: {len(cache['texts'])} unique captions of {index['n']} garment "
               f"samples x {cache['dim']} dims"
               + (f" ({bad} unusable captions skipped)" if bad else ""))
 

@@ -224,7 +224,7 @@ class Drawer:
 
     def too_long(self, prompts) -> list[int]:
         """Indices of prompts longer than the text encoder reads."""
-        return too_long(prompts, self.cfg.text_model, pooling=self.cfg.text_pooling)
+        return too_long(prompts, self.cfg.text_model)
 
     @torch.no_grad()
     def draw(self, prompts, n: int, seed: int, stage=None) -> torch.Tensor:
@@ -235,8 +235,7 @@ class Drawer:
             raise UserError(f"this Stage-{self.cfg.stage} generator cannot draw Stage {stage}")
         net = self.netG.stage1 if stage == 1 and self.cfg.stage == 2 else self.netG
         texts = [r.text for r in self.read(prompts)]  # English prompts: the very same strings
-        emb = torch.from_numpy(encode_texts(texts, self.cfg.text_model,
-                                            pooling=self.cfg.text_pooling)).to(self.device)
+        emb = torch.from_numpy(encode_texts(texts, self.cfg.text_model)).to(self.device)
         return sample_images(net, emb, n, seed, bf16=self.bf16)
 
 

@@ -275,8 +275,7 @@ def stage1_generator(asked: Config, state, stage1_path):
     return stage1_g, stage1_cfg
 
 
-# Stage II inherits these from its Stage I
-STAGE1_SHARED = ("stage1_size", "z_dim", "condition_dim", "text_dim", "text_pooling")
+STAGE1_SHARED = ("stage1_size", "z_dim", "condition_dim", "text_dim")  # Stage II inherits these
 
 
 def settle_config(asked: Config, explicit: set, state, resume_path, stage1_cfg,

@@ -98,67 +98,16 @@ def test_cli_encodes_the_derived_garment_captions(dfmm, capsys):
     out = capsys.readouterr().out
     index = ds.prepare(Config(data_dir=str(root)), 64, progress=False)
     derived = {t for caps in index["captions"] for t in caps}
-    units = set(ge.cached_units(derived))  # the captions and their sentences
-    assert units > derived
-    assert f"{len(units)} unique captions and sentences of {index['n']} garment samples" in out
+    assert f"{len(derived)} unique captions of {index['n']} garment samples x 384 dims" in out
     cache = ge.read_cache(root / "embeddings.pickle")
-    assert set(cache["texts"]) == units
+    assert set(cache["texts"]) == derived
     assert "a pair of black shoes" in derived  # a short form of a footwear sample
     captions = json.loads((root / "captions.json").read_text())
     assert cache["captions_hash"] == ge.captions_hash(captions)
-    # training then finds every text there, read either way: nothing is encoded again
-    for pooling in ("sentences", "caption"):
-        emb = ge.lookup(sorted(derived), captions, root / "embeddings.pickle", pooling=pooling)
-        assert emb.shape == (len(derived), 384)
+    # training then finds every text there: nothing is encoded again
+    emb = ge.lookup(sorted(derived), captions, root / "embeddings.pickle")
+    assert emb.shape == (len(derived), 384)
     assert ge.read_cache(root / "embeddings.pickle")["texts"] == cache["texts"]
-
-
-LONG = ("The lady wears a long-sleeve dress. The dress is black. "
-        "It has striped patterns. It is with cotton fabric.")
-
-
-def test_sentence_pooling_reads_each_sentence_and_keeps_a_prompt_as_it_is():
-    assert ge.text_units(LONG, "sentences") == ["The lady wears a long-sleeve dress.",
-                                                "The dress is black.", "It has striped patterns.",
-                                                "It is with cotton fabric."]
-    assert ge.text_units(LONG, "caption") == [LONG]
-    assert ge.text_units("a black striped dress", "sentences") == ["a black striped dress"]
-    with pytest.raises(ValueError, match="text_pooling"):
-        ge.text_units(LONG, "words")
-    v = ge.encode_texts([LONG, "a black striped dress"], pooling="sentences")
-    parts = ge.encode_texts(ge.text_units(LONG, "sentences"))
-    mean = parts.mean(0)
-    np.testing.assert_allclose(v[0], mean / np.linalg.norm(mean), atol=1e-5)  # MiniLM: unit rows
-    # a one-sentence prompt is embedded as without pooling (up to the batch's float order)
-    np.testing.assert_allclose(v[1], ge.encode_texts(["a black striped dress"])[0], atol=1e-5)
-    # the pattern sentence weighs a quarter of the vector: nearer to the pattern than the
-    # whole caption read at once
-    stripes = ge.encode_texts(["striped patterns"])[0]
-    whole = ge.encode_texts([LONG])[0]
-    assert cos(v[0], stripes) > cos(whole, stripes)
-
-
-def test_training_captions_and_prompts_are_pooled_alike(tmp_path):
-    """The cache that training reads and the prompt path (encode_texts) give one
-    caption the same vector under either pooling."""
-    captions = {"a.jpg": LONG}
-    path = tmp_path / "embeddings.pickle"
-    for pooling in ("sentences", "caption"):
-        cached = ge.lookup([LONG, "a black dress"], captions, path, progress=False, pooling=pooling)
-        direct = ge.encode_texts([LONG, "a black dress"], pooling=pooling)
-        np.testing.assert_allclose(cached, direct, atol=1e-5)
-    assert not np.allclose(ge.lookup([LONG], captions, path, pooling="sentences"),
-                           ge.lookup([LONG], captions, path, pooling="caption"), atol=1e-3)
-
-
-def test_checkpoints_saved_before_pooling_read_whole_captions():
-    from config import Config, preset_values
-    old = Config().to_dict()
-    del old["text_pooling"]
-    assert Config.from_dict(old).text_pooling == "caption"
-    assert preset_values("builtin", 1)["text_pooling"] == "sentences"
-    assert preset_values("builtin", 2)["text_pooling"] == "sentences"
-    assert "text_pooling" not in preset_values("photos", 1)
 
 
 def test_cli_missing_captions_is_a_clear_error(tmp_path, capsys):
