@@ -505,7 +505,7 @@ def test_stage2_is_judged_at_128px_beside_its_own_upscaled_drafts(trained, tmp_p
     assert val[("feat_size", "featnet", "all")] == 128 == m["feat_size"]
     assert (tmp_path / "ev" / "eval" / "drafts_upscaled.png").is_file()
     conf = pd.read_csv(tmp_path / "ev" / "eval" / "pattern_confusion.csv", keep_default_na=False)
-    assert set(conf.set) == {"real_heldout", "generated", "drafts_upscaled"}
+    assert set(conf.set) == {"real_heldout", "generated", "generated_short", "drafts_upscaled"}
     assert conf[conf.set == "drafts_upscaled"].n.sum() == \
         n[("pattern_accuracy", "drafts_upscaled", "all")]
 
