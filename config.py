@@ -151,10 +151,6 @@ class Config:
     # >0: D also names each real image's kind, colour and pattern (auxiliary heads) and G is
     # trained to make its images named as their caption's; 0: off, as StackGAN
     aux_coef: float = 1.0
-    # the side of D's feature maps that its pattern head reads, averaged over positions:
-    # 4, the 4x4 features that also name kind and colour (one shared head); 8, 16 or 32,
-    # an earlier layer whose units see a few pixels of texture (stripes, dots) each
-    pattern_side: int = 4
     # >0: an exponential moving average of G's weights draws the samples and is saved as
     # netG_ema, with BatchNorm statistics recomputed for its own weights (0: off, as StackGAN)
     ema_decay: float = 0.999
@@ -256,10 +252,6 @@ class Config:
         if self.stage2_size <= self.stage1_size:
             raise UserError(f"--stage2_size: must be larger than --stage1_size "
                             f"({self.stage1_size}), got {self.stage2_size}")
-        if self.pattern_side * 2 > self.stage1_size:
-            raise UserError(f"--pattern_side: Stage I's D ({self.stage1_size} px) has features "
-                            f"of {self.stage1_size // 2}x{self.stage1_size // 2} at most, got "
-                            f"{self.pattern_side}")
         if self.recon_coef > 0 and self.stage1_size < 16:
             raise UserError(f"--recon_coef: D's decoders read its 8x8 features, so "
                             f"--stage1_size must be at least 16, got {self.stage1_size}")
@@ -451,7 +443,7 @@ FIELD_RULES = {
     "lr_g": number(0), "lr_d": number(0),  # finite; a divergent run stops by itself
     "beta1": number(0, 1, hi_open=True), "beta2": number(0, 1, hi_open=True),
     "lr_decay_epoch": whole(1), "kl_coef": number(0, 1e6),
-    "ms_coef": number(0, 1e6), "aux_coef": number(0, 1e6), "pattern_side": one_of(4, 8, 16, 32),
+    "ms_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
     "ema_decay": number(0, 1, hi_open=True), "loss": one_of("bce", "hinge"),
     "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "aug_p": number(0, 1),
     "ada_target": number(0, 1, hi_open=True), "ada_kimg": number(0.001, 1e6),
@@ -533,5 +525,4 @@ def stage_list(text: str) -> list:
 # into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
                "g_min_channels", "g_supersample", "r_num", "text_dim", "d_norm", "g_fusion",
-               "d_cond", "aux_coef", "pattern_side", "recon_coef", "s2_output", "skip_excitation",
-               "draft_skip")
+               "d_cond", "aux_coef", "recon_coef", "s2_output", "skip_excitation", "draft_skip")

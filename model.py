@@ -324,24 +324,14 @@ class _Discriminator(nn.Module):
         # (StackGAN): D is handed the generator's conditioning-augmentation mean
         self.text_proj = (nn.Sequential(nn.Linear(cfg.text_dim, cfg.condition_dim),
                                         nn.LeakyReLU(0.2, True)) if cfg.d_cond == "text" else None)
-        feat_ch = {size >> (i + 1): c for i, c in enumerate(chans)}  # side -> channels
         # aux_coef > 0: auxiliary heads that name the image's kind, colour and pattern
-        # (an AC-GAN/TAC-GAN classifier on D's features), trained on real images; the
-        # pattern head reads the pattern_side x pattern_side features (4: the same 4x4
-        # features as kind and colour, one head)
-        self.aux = self.aux_pattern = None
-        self.pattern_side = cfg.pattern_side
-        if cfg.aux_coef > 0 and cfg.pattern_side == 4:
-            self.aux = nn.Linear(ch, len(KINDS) + len(COLOURS) + len(PATTERNS))
-        elif cfg.aux_coef > 0:
-            if cfg.pattern_side not in feat_ch:
-                raise ValueError(f"pattern_side {cfg.pattern_side}: D's features at {size} px "
-                                 f"have sides {sorted(feat_ch)}")
-            self.aux = nn.Linear(ch, len(KINDS) + len(COLOURS))
-            self.aux_pattern = nn.Linear(feat_ch[cfg.pattern_side], len(PATTERNS))
+        # (an AC-GAN/TAC-GAN classifier on D's features), trained on real images
+        self.aux = (nn.Linear(ch, len(KINDS) + len(COLOURS) + len(PATTERNS))
+                    if cfg.aux_coef > 0 else None)
         # recon_coef > 0: decoders that rebuild a real image from D's 8x8 features (the
         # whole image) and from one quarter of its 16x16 features (that quarter)
         self.rec_size = min(size // 2, RECON_MAX)
+        feat_ch = {size >> (i + 1): c for i, c in enumerate(chans)}  # side -> channels
         self.dec_whole = self.dec_part = None
         if cfg.recon_coef > 0:
             self.dec_whole = Decoder(feat_ch[8], self.rec_size)
@@ -355,7 +345,7 @@ class _Discriminator(nn.Module):
         with recon_coef > 0, real images): a fourth entry, the L1 reconstruction loss."""
         c = self.text_proj(cond) if self.text_proj is not None else cond
         taps = {}
-        if recon or self.aux_pattern is not None:
+        if recon:
             feat = img
             for layer in self.encode:
                 feat = layer(feat)
@@ -365,11 +355,7 @@ class _Discriminator(nn.Module):
         cond_logit, uncond_logit = self.logits(feat, c)
         attrs = None
         if self.aux is not None:
-            attrs = self.aux(mean_over_positions(feat))
-            if self.aux_pattern is not None:
-                texture = mean_over_positions(taps[self.pattern_side])
-                attrs = torch.cat([attrs, self.aux_pattern(texture).to(attrs.dtype)], 1)
-            attrs = split_attributes(attrs)
+            attrs = split_attributes(self.aux(feat.float().mean((2, 3)).to(feat.dtype)))
         if recon:
             return cond_logit, uncond_logit, attrs, self.reconstruction_loss(img, taps)
         return cond_logit, uncond_logit, attrs
@@ -390,11 +376,6 @@ class _Discriminator(nn.Module):
             target = F.adaptive_avg_pool2d(part.float(), self.rec_size)
             loss = loss + (self.dec_part(feat).float() - target).abs().mean()
         return loss
-
-
-def mean_over_positions(feat):
-    """(B, C, H, W) -> (B, C): the mean of each channel, summed in fp32."""
-    return feat.float().mean((2, 3)).to(feat.dtype)
 
 
 def split_attributes(logits):

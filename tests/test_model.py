@@ -253,32 +253,3 @@ def test_ema_decay_warms_up():
     for step in range(2000):
         share *= ema_decay(0.999, step)
     assert share < 1e-3 < 0.999 ** 2000
-
-
-def test_pattern_head_reads_the_features_at_pattern_side():
-    """pattern_side 16: D's pattern logits come from its 16x16 features (the layers after
-    them leave the pattern untouched but move kind and colour); 4 keeps one shared head
-    with the state-dict keys of older checkpoints."""
-    torch.manual_seed(0)
-    shared = Stage1_D(tiny())
-    assert shared.aux_pattern is None
-    assert shared.aux.out_features == len(KINDS) + len(COLOURS) + len(PATTERNS)
-    d = Stage1_D(tiny(pattern_side=16)).eval()
-    assert d.aux.out_features == len(KINDS) + len(COLOURS)
-    assert d.aux_pattern.in_features == 2 * 4  # the second down block: 2 * df_dim channels
-    img, text = torch.randn(2, 3, 64, 64), torch.randn(2, 10)
-    kind, colour, pattern = d(img, text)[2]
-    assert pattern.shape == (2, len(PATTERNS))
-    with torch.no_grad():
-        for layer in d.encode[2:]:  # the blocks from 16x16 down to 4x4
-            for p in layer.parameters():
-                p.mul_(3.0)
-    kind2, colour2, pattern2 = d(img, text)[2]
-    torch.testing.assert_close(pattern2, pattern)
-    assert not torch.allclose(kind2, kind) and not torch.allclose(colour2, colour)
-    # G's images get a gradient through the 16x16 features too
-    x = img.clone().requires_grad_(True)
-    d(x, text)[2][2].sum().backward()
-    assert x.grad.abs().sum() > 0
-    with pytest.raises(UserError, match="--pattern_side"):
-        tiny(stage1_size=16, pattern_side=16).validate()
