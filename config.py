@@ -189,11 +189,6 @@ class Config:
     # the up path where it reaches stage1_size, so that detail can follow the draft's edges
     # (without it, Stage II sees its draft only through 16x16 features; n: off, as StackGAN)
     draft_skip: bool = False
-    # Stage II: what its D is shown as generated, "draft" (StackGAN: Stage II's refinement
-    # of Stage-I drafts) | "photo" (its refinement of the batch's real photos scaled down to
-    # stage1_size, which sr_coef's L1 then holds to the photos in the same pass: a paired
-    # super-resolution GAN; drafts are refined only when drawing)
-    s2_fake: str = "draft"
     max_steps: int = 0  # >0: stop with a checkpoint after this many steps in all (0: run every epoch)
     # >0: stop as on Ctrl-C (checkpoint, grid, log, the resume line) once this invocation has
     # run this many minutes (0: no time limit)
@@ -264,10 +259,6 @@ class Config:
             if p not in DIFFAUG_POLICIES:
                 raise UserError(f"--diffaug: unknown policy {_shown(p)} (use "
                                 + ", ".join(DIFFAUG_POLICIES) + ")")
-        if self.s2_fake == "photo" and self.ms_coef > 0:
-            raise UserError("--ms_coef: mode seeking draws each caption twice, but with "
-                            "--s2_fake photo Stage II refines each real photo once; use "
-                            "--ms_coef 0")
         if set(self.parsing_labels) < set(KINDS):
             raise UserError("parsing_labels needs a label for every kind: " + ", ".join(KINDS))
         return self
@@ -459,7 +450,7 @@ FIELD_RULES = {
     "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
     "sr_coef": number(0, 1e6),
     "s2_output": one_of("redraw", "residual"), "skip_excitation": Rule(bool),
-    "draft_skip": Rule(bool), "s2_fake": one_of("draft", "photo"),
+    "draft_skip": Rule(bool),
     "max_steps": whole(0), "max_minutes": number(0, 1e7),
     "snapshot_interval": whole(1), "keep_checkpoints": whole(0, 100_000),
     "log_interval": whole(1),

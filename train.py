@@ -586,12 +586,8 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
     g_idx = paired_index(len(real), dev) if cfg.ms_coef > 0 else None
     g_emb, g_labels = (emb, labels) if g_idx is None else (emb[g_idx], labels[g_idx])
     z = torch.randn(len(real), cfg.z_dim, device=dev)
-    # --s2_fake photo: Stage II refines the real photos scaled down, not Stage I's drafts
-    low = None
-    if cfg.stage == 2 and cfg.s2_fake == "photo":
-        low = F.interpolate(real, size=cfg.stage1_size, mode="area")
     with autocast(dev, bf16):
-        fake, mu, logvar = nets.G(g_emb, z) if low is None else nets.G(g_emb, z, low=low)
+        fake, mu, logvar = nets.G(g_emb, z)
         # what D reads the text from, for the real and wrong images and for the fakes
         if cfg.d_cond == "text":
             d_cond, fake_cond = emb, g_emb
@@ -614,11 +610,8 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
         g_loss, g_stats = generator_loss(nets.D_for_G, fake, fake_cond, mu, logvar, cfg.kl_coef,
                                          cfg.loss, cfg.diffaug, g_labels, cfg.aux_coef, z,
                                          cfg.ms_coef, aug_p)
-    if low is not None and cfg.sr_coef > 0:  # the fakes are the photos refined: L1 to them
-        l_sr = (fake.float() - real.float()).abs().mean()
-        g_loss, g_stats["sr"] = g_loss + cfg.sr_coef * l_sr, l_sr.detach()
     g_loss.backward()
-    if cfg.stage == 2 and cfg.sr_coef > 0 and low is None:
+    if cfg.stage == 2 and cfg.sr_coef > 0:
         g_stats["sr"] = super_resolution_step(nets.G, real, emb, z, cfg, bf16)
     nets.opt_G.step()
     if nets.ema_G is not None:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import main
-from config import PHOTOS_PRESET, PHOTOS_STAGE2, Config, UserError
+from config import PHOTOS_PRESET, PHOTOS_STAGE2, Config
 from conftest import tiny_args
 from model import build_models
 from test_resume import assert_same_state
@@ -264,64 +264,6 @@ def test_super_resolution_loss_falls_on_a_tiny_stage2():
     assert min(losses[-5:]) < 0.5 * losses[0]
     assert all(torch.equal(v, g1.state_dict()[k]) for k, v in stage1.items())
     assert all(p.grad is None for p in g1.parameters())
-
-
-class StageTwoD(torch.nn.Module):
-    """A real Stage-II D that also keeps every image it is shown."""
-
-    def __init__(self, d):
-        super().__init__()
-        self.d, self.seen = d, []
-
-    def forward(self, img, c, recon=False):
-        self.seen.append(img.detach().clone())
-        return self.d(img, c, recon=recon)
-
-
-@pytest.mark.parametrize("fake_from", ["draft", "photo"])
-def test_stage2_d_is_shown_drafts_or_the_photos_refined(fake_from, monkeypatch):
-    """--s2_fake: D's generated images are Stage II's refinement of Stage-I drafts
-    (StackGAN), or of the batch's real photos scaled down, with sr_coef's L1 to those
-    photos taken in the same pass; then Stage I never runs. A new residual Stage II
-    returns its input upscaled, so each fake is the bicubic upscaling of what it refined."""
-    import train
-    torch.manual_seed(0)
-    cfg = tiny(gf_dim=8, ema_decay=0.0)
-    g1, _ = build_models(cfg)
-    cfg2 = dataclasses.replace(cfg, stage=2, s2_output="residual", skip_excitation=True,
-                               sr_coef=2.0, s2_fake=fake_from)
-    g2, d = build_models(cfg2, g1)
-    rec = StageTwoD(d)
-    opt_g, opt_d = train.adam(g2.parameters(), 1e-4, cfg2), train.adam(d.parameters(), 1e-4, cfg2)
-    nets = train.wrap(g2, rec, None, opt_g, opt_d, False, 1, torch.device("cpu"))
-    real, emb = squares(6, seed=1), torch.randn(6, cfg.text_dim)
-    labels = torch.zeros(6, 3, dtype=torch.long)
-    drafts = []
-    stage1_forward = g1.forward
-    monkeypatch.setattr(g1, "forward", lambda *a: drafts.append(stage1_forward(*a)) or drafts[-1])
-    torch.manual_seed(5)
-    stats = train.train_step(nets, (real, real.flip(0), emb, labels), cfg2, 0, False)
-    _, _, fake, for_g = rec.seen[:4]  # D's real, wrong and fake calls, then G's
-    assert torch.equal(fake, for_g)
-    up = lambda low: F.interpolate(low, size=64, mode="bicubic", align_corners=False).clamp(-0.999, 0.999)
-    photos_up = up(F.interpolate(real, size=16, mode="area"))
-    if fake_from == "photo":
-        assert not drafts  # Stage I is not run at all
-        torch.testing.assert_close(fake, photos_up, atol=1e-5, rtol=0)
-        torch.testing.assert_close(stats["sr"], (fake - real).abs().mean(), atol=1e-5, rtol=0)
-        assert len(rec.seen) == 4  # no second pass through G for the L1
-    else:
-        torch.testing.assert_close(fake, up(drafts[0][0]), atol=1e-5, rtol=0)
-        assert float((fake - photos_up).abs().mean()) > 0.1
-        assert 0 < float(stats["sr"]) < 1  # from its own pass over the photos
-
-
-def test_photo_fakes_refuse_mode_seeking():
-    with pytest.raises(UserError, match="--ms_coef"):
-        Config(stage=2, s2_fake="photo", ms_coef=0.2).validate()
-    Config(stage=2, s2_fake="photo").validate()
-    with pytest.raises(UserError, match="--s2_fake"):
-        Config(s2_fake="drafts").validate()
 
 
 def test_stage2_redraw_is_the_original():
