@@ -56,6 +56,8 @@ BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_
                       snapshot_interval=5, ms_coef=0.2)
 # What sets the BatchNorm scale and shift of G's up blocks (Config.g_fusion; see model.py)
 FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
+# How G's up blocks double the side (Config.g_upsample; see model.upsample)
+UPSAMPLES = ("nearest", "bilinear")
 # Real photos on a CPU (a few thousand photos, Stage I in 30 minutes, Stage II in 45 with
 # --max_minutes; see PHOTOS_STAGE2 for Stage II's own widths). StackGAN's plain
 # discriminator: at equal wall time on clothing-small (16 and 22 minutes, docs/results.md)
@@ -126,6 +128,9 @@ class Config:
     # side down to one pixel, as the training images were area-downscaled from photos
     # (StackGAN: 1, drawn at stage1_size; docs/results.md measures 2)
     g_supersample: int = 1
+    # how every up block of G (both stages) doubles the side before its 3x3 conv: "nearest"
+    # (StackGAN) | "bilinear"
+    g_upsample: str = "nearest"
     df_dim: int = 64
     r_num: int = 2  # residual blocks in Stage-II G
     # text conditioning (the StackGAN originals: g_fusion "input", d_cond "mu")
@@ -437,6 +442,7 @@ FIELD_RULES = {
     "stage2_size": power_of_two(16, 2048), "z_dim": whole(1, 4096),
     "condition_dim": whole(1, 4096), "gf_dim": whole(1, 1024), "df_dim": whole(1, 1024),
     "g_min_channels": whole(1, 1024), "g_supersample": one_of(1, 2, 4),
+    "g_upsample": one_of(*UPSAMPLES),
     "r_num": whole(0, 64), "g_fusion": one_of(*FUSIONS),
     "d_cond": one_of("text", "mu"),
     "batch_size": whole(2, 65536), "epochs": whole(1, 1_000_000),
@@ -521,8 +527,9 @@ def stage_list(text: str) -> list:
         raise argparse.ArgumentTypeError(f"expected 1, 2, 1,2 or nothing, got {_shown(text)}")
     return [int(s) for s in stages]
 
-# fields whose values change the shape of the networks: a checkpoint only loads
-# into a model built with the same values
+# fields whose values change the shape of the networks (g_upsample: what they compute): a
+# checkpoint only loads into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
-               "g_min_channels", "g_supersample", "r_num", "text_dim", "d_norm", "g_fusion",
-               "d_cond", "aux_coef", "recon_coef", "s2_output", "skip_excitation", "draft_skip")
+               "g_min_channels", "g_supersample", "g_upsample", "r_num", "text_dim", "d_norm",
+               "g_fusion", "d_cond", "aux_coef", "recon_coef", "s2_output", "skip_excitation",
+               "draft_skip")

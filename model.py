@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from captions import COLOURS, KINDS, PATTERNS
-from config import FUSIONS, Config
+from config import FUSIONS, UPSAMPLES, Config
 
 
 def _log2(n: int, what: str) -> int:
@@ -37,10 +37,18 @@ def conv3x3(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
 
 
-def up_block(cin: int, cout: int) -> nn.Sequential:
-    """Nearest-neighbour x2, 3x3 conv, BN, ReLU (StackGAN's upBlock)."""
-    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(cin, cout),
-                         nn.BatchNorm2d(cout), nn.ReLU(True))
+def upsample(mode: str) -> nn.Upsample:
+    """x2: "nearest" (StackGAN) copies each pixel into a 2x2 square, which the next 3x3
+    conv can turn into a grid of light and dark squares; "bilinear" interpolates."""
+    if mode not in UPSAMPLES:
+        raise ValueError(f"g_upsample must be one of {', '.join(UPSAMPLES)}, got {mode!r}")
+    return (nn.Upsample(scale_factor=2, mode="nearest") if mode == "nearest" else
+            nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
+
+
+def up_block(cin: int, cout: int, mode: str = "nearest") -> nn.Sequential:
+    """x2 upsampling, 3x3 conv, BN, ReLU (StackGAN's upBlock, nearest)."""
+    return nn.Sequential(upsample(mode), conv3x3(cin, cout), nn.BatchNorm2d(cout), nn.ReLU(True))
 
 
 def d_conv(cin: int, cout: int, k: int, s: int, p: int, norm: str) -> nn.Module:
@@ -67,12 +75,12 @@ def down_block(cin: int, cout: int, bn: bool = True, norm: str = "bn") -> nn.Seq
 
 class CondUpBlock(nn.Module):
     """up_block whose BatchNorm scale and shift come from the text condition (the
-    text-image fusion of DF-GAN's blocks): nearest x2, 3x3 conv, BN without its own
+    text-image fusion of DF-GAN's blocks): x2 upsampling, 3x3 conv, BN without its own
     affine, then (1 + gamma(c)) * x + beta(c), ReLU."""
 
-    def __init__(self, cin: int, cout: int, c_dim: int):
+    def __init__(self, cin: int, cout: int, c_dim: int, mode: str = "nearest"):
         super().__init__()
-        self.conv = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv3x3(cin, cout))
+        self.conv = nn.Sequential(upsample(mode), conv3x3(cin, cout))
         self.bn = nn.BatchNorm2d(cout, affine=False)
         self.affine = nn.Linear(c_dim, cout * 2)
 
@@ -98,14 +106,15 @@ def block_cond(fusion: str, text_emb, z, c):
     return c
 
 
-def make_ups(chans, c_dim: int, fusion: str) -> nn.ModuleList:
+def make_ups(chans, c_dim: int, fusion: str, mode: str = "nearest") -> nn.ModuleList:
     """The upsampling blocks of a generator: plain (StackGAN, fusion "input") or
-    text-conditioned (any other fusion; `c_dim` is fusion_dim's)."""
+    text-conditioned (any other fusion; `c_dim` is fusion_dim's); `mode`: upsample's."""
     if fusion not in FUSIONS:
         raise ValueError(f"g_fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
+    pairs = range(len(chans) - 1)
     if fusion != "input":
-        return nn.ModuleList(CondUpBlock(chans[i], chans[i + 1], c_dim) for i in range(len(chans) - 1))
-    return nn.ModuleList(up_block(chans[i], chans[i + 1]) for i in range(len(chans) - 1))
+        return nn.ModuleList(CondUpBlock(chans[i], chans[i + 1], c_dim, mode) for i in pairs)
+    return nn.ModuleList(up_block(chans[i], chans[i + 1], mode) for i in pairs)
 
 
 def run_ups(ups: nn.ModuleList, h, c, se=None, small=None, add=None):
@@ -186,7 +195,7 @@ class Stage1_G(nn.Module):
         self.fc = nn.Sequential(nn.Linear(cfg.z_dim + cfg.condition_dim, ngf * 16, bias=False),
                                 nn.BatchNorm1d(ngf * 16), nn.ReLU(True))
         chans = [ngf] + [max(ngf >> (i + 1), cfg.g_min_channels) for i in range(n_up)]
-        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
+        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion, cfg.g_upsample)
         self.fusion = cfg.g_fusion
         self.to_img = nn.Sequential(conv3x3(chans[-1], 3), nn.Tanh())
         self.ngf = ngf
@@ -223,7 +232,7 @@ class Stage2_G(nn.Module):
         if n_up < 1:
             raise ValueError("stage2_size must be larger than stage1_size")
         chans = [ngf * 4] + [max((ngf * 4) >> (i + 1), 8) for i in range(n_up)]
-        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion)
+        self.ups = make_ups(chans, fusion_dim(cfg), cfg.g_fusion, cfg.g_upsample)
         self.fusion = cfg.g_fusion
         # skip-layer excitation: the refined 16x16 (stage1_size / 4) features gate every up
         # block whose output is at least 4x their size

@@ -88,6 +88,34 @@ def test_supersampled_stage1_draws_larger_and_averages_down():
         tiny(g_supersample=3).validate()
 
 
+def upsample_modes(module) -> set:
+    return {m.mode for m in module.modules() if isinstance(m, torch.nn.Upsample)}
+
+
+def test_bilinear_upsampling_reaches_every_g_block_with_the_same_weights():
+    """g_upsample bilinear: every up block of both stages interpolates instead of copying
+    pixels (StackGAN's nearest, the default and what a checkpoint without the field
+    builds), with the very same weights, and draws a smoother picture from them; a Stage
+    II keeps its Stage I's own upsampling; a resume with the other value is refused."""
+    from utils import check_arch
+    torch.manual_seed(0)
+    near, bil = Stage1_G(tiny(stage1_size=32)), Stage1_G(tiny(stage1_size=32, g_upsample="bilinear"))
+    bil.load_state_dict(near.state_dict())  # no weight is added or removed
+    assert upsample_modes(near.ups) == {"nearest"} and upsample_modes(bil.ups) == {"bilinear"}
+    text, z = torch.randn(8, 10), torch.randn(8, 8)
+    a, b = near.eval()(text, z)[0], bil.eval()(text, z)[0]
+    jump = lambda img: (img[..., 1:] - img[..., :-1]).abs().mean()  # neighbouring pixels
+    assert jump(b) < 0.8 * jump(a)
+    s2 = Stage2_G(tiny(stage=2, stage1_size=32, stage2_size=128, g_upsample="bilinear"), near)
+    assert upsample_modes(s2.ups) == {"bilinear"} and upsample_modes(s2.stage1) == {"nearest"}
+    old = {k: v for k, v in tiny().to_dict().items() if k != "g_upsample"}
+    assert Config.from_dict(old).g_upsample == "nearest"
+    with pytest.raises(UserError, match="g_upsample"):
+        tiny(g_upsample="bicubic").validate()
+    with pytest.raises(UserError, match="g_upsample='nearest'"):
+        check_arch(tiny().to_dict(), tiny(g_upsample="bilinear"), "last.pt")
+
+
 def test_sizes_must_be_powers_of_two():
     with pytest.raises(ValueError, match="power of two"):
         Stage1_G(tiny(stage1_size=48))
