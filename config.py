@@ -180,6 +180,10 @@ class Config:
     # this weight times the mean of |(grad_image, grad_text)|^6; 0: off, as StackGAN
     ma_gp: float = 0.0
     r1_gamma: float = 0.0  # >0: R1 gradient penalty on real images
+    # the gradient penalties (r1_gamma, ma_gp) on every reg_every-th step only, weighted by
+    # reg_every (StyleGAN2's lazy regularisation: the same pull for 1/reg_every of the
+    # double backward's cost); 1: every step
+    reg_every: int = 1
     # Stage II, >0: G must also rebuild each real stage2_size photo from that photo scaled
     # down to stage1_size (and its caption), L1 times this weight: a super-resolution
     # target that tells G what detail a draft lacks (0: off, as StackGAN)
@@ -454,6 +458,7 @@ FIELD_RULES = {
     "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "aug_p": number(0, 1),
     "ada_target": number(0, 1, hi_open=True), "ada_kimg": number(0.001, 1e6),
     "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
+    "reg_every": whole(1, 1_000_000),
     "sr_coef": number(0, 1e6),
     "s2_output": one_of("redraw", "residual"), "skip_excitation": Rule(bool),
     "draft_skip": Rule(bool),

@@ -595,12 +595,15 @@ def train_step(nets: Nets, batch, cfg: Config, step: int, bf16: bool) -> dict:
             d_cond, fake_cond = (mu if g_idx is None else ca_mean(nets.raw_G, emb)), mu
 
     aug_p = nets.ada.p if nets.ada is not None else cfg.aug_p
+    # lazy regularisation: the gradient penalties every reg_every-th step, reg_every times as strong
+    reg = cfg.reg_every if step % cfg.reg_every == 0 else 0
     requires_grad(nets.raw_D, True)
     nets.opt_D.zero_grad(set_to_none=True)
     with autocast(dev, bf16):
         d_loss, d_stats = discriminator_loss(nets.D, real, wrong, fake, d_cond, cfg.loss,
-                                             cfg.diffaug, cfg.r1_gamma, labels, cfg.aux_coef,
-                                             fake_cond, aug_p, cfg.recon_coef, cfg.ma_gp)
+                                             cfg.diffaug, reg * cfg.r1_gamma, labels,
+                                             cfg.aux_coef, fake_cond, aug_p, cfg.recon_coef,
+                                             reg * cfg.ma_gp)
     d_loss.backward()
     nets.opt_D.step()
 
@@ -688,25 +691,27 @@ def ca_mean(netG: torch.nn.Module, emb: torch.Tensor) -> torch.Tensor:
 
 
 class StepStats:
-    """Loss terms summed on the device over a log interval. `read` averages them (over
-    the interval and the ranks) with one host synchronisation, and raises Diverged when
-    any step's loss was not finite: a NaN anywhere in the interval makes the sum NaN,
-    and no checkpoint is written after such a step."""
+    """Loss terms summed on the device over a log interval. `read` averages each over
+    the steps that had it (a lazy penalty is on some steps only) and over the ranks,
+    with one host synchronisation, and raises Diverged when any step's loss was not
+    finite: a NaN anywhere in the interval makes the sum NaN, and no checkpoint is
+    written after such a step."""
 
     def __init__(self):
-        self.sums, self.n = {}, 0
+        self.sums, self.counts = {}, {}
 
     def add(self, stats: dict):
-        self.sums = {k: self.sums.get(k, 0) + v.float() for k, v in stats.items()}
-        self.n += 1
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0) + v.float()
+            self.counts[k] = self.counts.get(k, 0) + 1
 
     def read(self, step: int) -> dict:
-        if not self.n:
+        if not self.sums:
             return {}
         keys = sorted(self.sums)
-        means = dist.all_mean(torch.stack([self.sums[k] for k in keys]) / self.n)
+        means = dist.all_mean(torch.stack([self.sums[k] / self.counts[k] for k in keys]))
         stats = dict(zip(keys, means.tolist()))
-        self.sums, self.n = {}, 0
+        self.sums, self.counts = {}, {}
         if not all(math.isfinite(v) for v in stats.values()):
             raise Diverged(step, stats)
         return stats

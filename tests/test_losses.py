@@ -254,3 +254,31 @@ def test_train_step_pairs_captions_for_mode_seeking(d_cond):
         assert ("ms" in stats) == (ms > 0)
         if ms:
             assert float(stats["g_loss"]) > float(stats["ms"]) > 0
+
+
+def test_lazy_regularisation_applies_r1_every_nth_step_at_n_times_the_weight():
+    """With reg_every 4, train_step adds the R1 penalty on steps 0 and 4 only, weighted
+    4 * r1_gamma / 2, and the log averages it over those steps, not over all eight."""
+    import train
+    torch.manual_seed(0)
+    cfg = tiny(stage1_size=16, r1_gamma=0.5, reg_every=4, ema_decay=0.0)
+    g, d = build_models(cfg)
+    opt_g, opt_d = train.adam(g.parameters(), 1e-4, cfg), train.adam(d.parameters(), 1e-4, cfg)
+    nets = train.wrap(g, d, None, opt_g, opt_d, False, 1, torch.device("cpu"))
+    emb = torch.randn(5, cfg.text_dim)
+    real = torch.rand(5, 3, 16, 16) * 2 - 1
+    labels = torch.tensor([[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 0], [4, 0, 1]])
+    meter, r1s = train.StepStats(), []
+    for step in range(8):
+        stats = train.train_step(nets, (real, real.flip(0), emb, labels), cfg, step, False)
+        meter.add(stats)
+        assert ("r1" in stats) == (step % 4 == 0)
+        unregularised = (stats["d_real"] + 0.5 * (stats["d_wrong"] + stats["d_fake"])
+                         + cfg.aux_coef * stats.get("d_aux", 0.0))
+        penalty = 0.5 * 4 * cfg.r1_gamma * stats["r1"] if "r1" in stats else 0.0
+        assert float(stats["d_loss"]) == pytest.approx(float(unregularised + penalty), rel=1e-4)
+        if "r1" in stats:
+            assert float(stats["r1"]) > 0
+            r1s.append(float(stats["r1"]))
+    logged = meter.read(8)
+    assert logged["r1"] == pytest.approx(sum(r1s) / 2, rel=1e-5)
