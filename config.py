@@ -63,8 +63,8 @@ UPSAMPLES = ("nearest", "bilinear")
 # without augmentation: at equal wall time on clothing-small (16 and 22 minutes,
 # docs/results.md) it beat DiffAugment, ADA and FastGAN's reconstruction, which stay
 # switches; but over 10-14k steps it learns the photos by heart, so it has lazy R1 (every
-# 16th step): 30 minutes on two seeds, FD-garment 1.03x / 0.89x the floor with it,
-# 1.38x / 1.31x without (docs/results.md)
+# 16th step): 30 minutes, FD-garment 0.89-1.03x the floor with it on three seeds,
+# 1.31-1.38x without on two (docs/results.md)
 PHOTOS_PRESET = dict(gf_dim=32, df_dim=32, batch_size=32, epochs=1000, lr_decay_epoch=100,
                      snapshot_interval=25, r1_gamma=0.05, reg_every=16)
 # Stage II of a preset: what differs from its Stage I (a 256 px step costs ~10x a 64 px one)
