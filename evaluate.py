@@ -68,9 +68,6 @@ Metrics, each for the generated images and, as the reference, for real images:
 * draft change (Stage-II generators only): the mean absolute pixel difference (0-1
   scale) between each image and its own upscaled draft; below 0.005 Stage II returns its
   drafts nearly unchanged (a new residual Stage II scores 0), so its figures are theirs.
-* pixel grid: how strongly the images show a grid of light and dark squares or stripes
-  (see `pixel_grid`), for the real held-out photos, the generated images and (Stage II)
-  their drafts, at the judged size; real photos score under 10, a grid lifts it tenfold.
 * copies: the share of generated images whose nearest training photo (cosine of
   centred feature-net features) is nearer than 95% of the held-out photos' nearest training
   photo (see `copy_shares`); about 0.05 for new garments (the real row, by
@@ -78,7 +75,7 @@ Metrics, each for the generated images and, as the reference, for real images:
 
 Outputs under OUT_DIR/eval/: results.csv, a tidy table with the columns
 `metric,set,kind,value,n` (metric: kind_accuracy | colour_accuracy |
-pattern_accuracy | fd_garment | r_precision | variety | pixel_grid | copies | draft_change (Stage II)
+pattern_accuracy | fd_garment | r_precision | variety | copies | draft_change (Stage II)
 | feat_size (the feature net's size, set "featnet", n its training images); set:
 real_heldout | generated | drafts_upscaled | generated_short | generated_russian | real_heldout_half (the FD
 floor); kind: a kind or
@@ -614,9 +611,6 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
     var_gen, var_real, n_var = variety(netG, data, held_idx, r_t, present, ecfg.seed, device,
                                        feat_size)
     copies, copy_threshold = copy_check(net, data, train_idx, r_feat, feats, device, progress)
-    grids = {"real_heldout": (pixel_grid(data.pixels(held_idx, "cpu")), len(held_idx))}
-    grids.update({name: (pixel_grid(gen[s]), len(gen[s])) for s, name in
-                  (("generated", "generated"), ("drafts", "drafts_upscaled")) if gen[s] is not None})
 
     # accuracies: (attribute, set, kind name or "all") -> (value, n)
     set_targets = {"real": r_t, "generated": g_t, "drafts": g_t, "short": s_t, "russian": s_t}
@@ -642,7 +636,6 @@ def evaluate(net_g_path, cfg: Config, n_per_kind: int = 100, k: int = 10,
                for s in rp]
     others += [("variety", "real_heldout", "all", var_real, len(held_idx)),
                ("variety", "generated", "all", var_gen, n_var * VARIETY_DRAWS)]
-    others += [("pixel_grid", set_name, "all", v, n) for set_name, (v, n) in grids.items()]
     others += [("copies", name[s], "all", share, n) for s, (share, n) in copies.items()]
     others.append(("feat_size", "featnet", "all", feat_size, len(train_idx)))
     rows = result_rows(acc, present, others)
@@ -841,33 +834,6 @@ VARIETY_PROMPTS = 8  # held-out captions per kind whose images are compared
 VARIETY_DRAWS = 8  # images per caption
 
 
-def pixel_grid(images: torch.Tensor) -> float:
-    """How strongly a set of (B, 3, H, W) images shows a grid of light and dark squares or
-    stripes (where a G's upsampling copies pixels or a strided D's gradient leaves its
-    period): in the power spectrum of the grey images, averaged over the set, the largest
-    ratio, over the frequency rings of periods 2 to 8 px, between the mean power of the
-    ring's horizontal and vertical frequencies and the ring's median power. A photo's own
-    horizontal and vertical edges give it some axis power (clothing-small's held-out photos:
-    about 9 at 64 px); a grid stands out as a spike on the axes (a Stage-I G with nearest
-    upsampling: 40-120)."""
-    g = images.detach().float().cpu().mean(1)
-    g = g - g.mean((1, 2), keepdim=True)
-    power = torch.fft.fft2(g).abs().pow(2).mean(0)
-    h, w = power.shape
-    fy = (torch.fft.fftfreq(h) * h)[:, None].expand(h, w)  # cycles per image side
-    fx = (torch.fft.fftfreq(w) * w)[None, :].expand(h, w)
-    n = max(h, w)
-    ring = ((fy / h) ** 2 + (fx / w) ** 2).sqrt().mul(n).round().long()  # cycles per n px
-    axis = (fy == 0) | (fx == 0)
-    best = 0.0
-    for k in range(max(n // 8, 1), n // 2 + 1):  # periods of 8 px down to 2 px
-        on_ring = ring == k
-        median = power[on_ring].median()
-        if (on_ring & axis).any() and median > 0:
-            best = max(best, float(power[on_ring & axis].mean() / median))
-    return best
-
-
 def mean_pairwise_rms(groups) -> float:
     """Mean RMS pixel distance (images in [-1, 1], measured on the [0, 1] scale) over all
     pairs inside each group of images (G, 3, S, S); groups of one image are skipped."""
@@ -985,9 +951,6 @@ SCALAR_KEYS = {("fd_garment", "generated"): "fd_garment",
                ("r_precision", "drafts_upscaled"): "r_precision_drafts",
                ("variety", "real_heldout"): "variety_real",
                ("variety", "generated"): "variety_generated",
-               ("pixel_grid", "real_heldout"): "pixel_grid_real",
-               ("pixel_grid", "generated"): "pixel_grid_generated",
-               ("pixel_grid", "drafts_upscaled"): "pixel_grid_drafts",
                ("copies", "real_heldout"): "copies_real",
                ("copies", "generated"): "copies_generated",
                ("copies", "drafts_upscaled"): "copies_drafts",
@@ -1150,10 +1113,6 @@ def print_table(m: dict):
               f"pixel difference, 0-1 scale)" + (
                   f": below {DRAFT_CHANGE_MIN}, it returns its drafts nearly unchanged and adds "
                   f"nothing to them" if change < DRAFT_CHANGE_MIN else ""))
-    drafts_grid = f" (its drafts {_fmt(m['pixel_grid_drafts'], 1)})" if drafts else ""
-    print(f"pixel grid: {_fmt(m['pixel_grid_generated'], 1)}{drafts_grid} against "
-          f"{_fmt(m['pixel_grid_real'], 1)} for the real held-out photos (the spike of light and "
-          f"dark squares or stripes with periods of 2-8 px in the spectrum, at {m['feat_size']} px)")
     print(f"variety: {_fmt(m['variety_generated'])} between {VARIETY_DRAWS} images of one held-out "
           f"caption, {_fmt(m['variety_real'])} between real held-out photos of one kind, colour "
           f"and pattern (mean RMS pixel distance at {m['feat_size']} px, 0-1 scale)")
