@@ -58,8 +58,6 @@ BUILTIN_PRESET = dict(gf_dim=32, df_dim=32, epochs=30, lr_decay_epoch=20, batch_
 FUSIONS = ("input", "affine", "affine_text", "affine_text_z")
 # How G's up blocks double the side (Config.g_upsample; see model.upsample)
 UPSAMPLES = ("nearest", "bilinear")
-# How D's stride-2 convs halve the side (Config.d_downsample; see model.down_block)
-DOWNSAMPLES = ("stride", "blur")
 # Real photos on a CPU (a few thousand photos, Stage I in 30 minutes, Stage II in 45 with
 # --max_minutes; see PHOTOS_STAGE2 for Stage II's own widths). StackGAN's discriminator
 # without augmentation: at equal wall time on clothing-small (16 and 22 minutes,
@@ -168,10 +166,6 @@ class Config:
     # small-data / stability switches (the defaults are StackGAN's original choices)
     loss: str = "bce"  # bce (StackGAN) | hinge
     d_norm: str = "bn"  # discriminator normalisation: bn (StackGAN) | sn (spectral norm, no BN)
-    # how every stride-2 conv of D (both stages) halves the side: "stride" (StackGAN: the
-    # 4x4 conv alone) | "blur" (a fixed [1, 2, 1] low-pass filter first, as StyleGAN2's D:
-    # D's gradient then carries no pixel-period checkerboard for G to copy)
-    d_downsample: str = "stride"
     # DiffAugment (Zhao et al., 2020): the same random change of every image D sees, real,
     # wrong and generated, in D's step and in G's, e.g. "translation,cutout" ("color" also
     # shifts hue and saturation: a caption's colour word no longer matches; "" off, as StackGAN)
@@ -465,8 +459,7 @@ FIELD_RULES = {
     "lr_decay_epoch": whole(1), "kl_coef": number(0, 1e6),
     "ms_coef": number(0, 1e6), "aux_coef": number(0, 1e6),
     "ema_decay": number(0, 1, hi_open=True), "loss": one_of("bce", "hinge"),
-    "d_norm": one_of("bn", "sn"), "d_downsample": one_of(*DOWNSAMPLES),
-    "diffaug": Rule(str), "aug_p": number(0, 1),
+    "d_norm": one_of("bn", "sn"), "diffaug": Rule(str), "aug_p": number(0, 1),
     "ada_target": number(0, 1, hi_open=True), "ada_kimg": number(0.001, 1e6),
     "recon_coef": number(0, 1e6), "ma_gp": number(0, 1e6), "r1_gamma": number(0, 1e6),
     "reg_every": whole(1, 1_000_000),
@@ -543,9 +536,9 @@ def stage_list(text: str) -> list:
         raise argparse.ArgumentTypeError(f"expected 1, 2, 1,2 or nothing, got {_shown(text)}")
     return [int(s) for s in stages]
 
-# fields whose values change the shape of the networks (g_upsample, d_downsample: what
-# they compute): a checkpoint only loads into a model built with the same values
+# fields whose values change the shape of the networks (g_upsample: what they compute): a
+# checkpoint only loads into a model built with the same values
 ARCH_FIELDS = ("stage1_size", "stage2_size", "z_dim", "condition_dim", "gf_dim", "df_dim",
                "g_min_channels", "g_supersample", "g_upsample", "r_num", "text_dim", "d_norm",
-               "d_downsample", "g_fusion", "d_cond", "aux_coef", "recon_coef", "s2_output",
-               "skip_excitation", "draft_skip")
+               "g_fusion", "d_cond", "aux_coef", "recon_coef", "s2_output", "skip_excitation",
+               "draft_skip")

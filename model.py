@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from captions import COLOURS, KINDS, PATTERNS
-from config import DOWNSAMPLES, FUSIONS, UPSAMPLES, Config
+from config import FUSIONS, UPSAMPLES, Config
 
 
 def _log2(n: int, what: str) -> int:
@@ -64,29 +64,9 @@ def d_norm_layer(ch: int, norm: str) -> nn.Module:
     return nn.BatchNorm2d(ch) if norm == "bn" else nn.Identity()
 
 
-class Blur(nn.Module):
-    """A fixed [1, 2, 1] x [1, 2, 1] / 16 low-pass filter on each channel, edges repeated.
-    Before a stride-2 conv it keeps the conv from aliasing: what the conv skips no longer
-    decides D's score, so D's gradient on the image has no checkerboard of the stride's
-    period (StyleGAN2's D blurs before it downsamples). It has no weights."""
-
-    def __init__(self):
-        super().__init__()
-        k = torch.tensor([1.0, 2.0, 1.0])
-        self.register_buffer("kernel", (k[:, None] * k[None, :] / 16)[None, None], persistent=False)
-
-    def forward(self, x):
-        ch = x.shape[1]
-        weight = self.kernel.to(x.dtype).expand(ch, 1, 3, 3)
-        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), weight, groups=ch)
-
-
-def down_block(cin: int, cout: int, bn: bool = True, norm: str = "bn",
-               mode: str = "stride") -> nn.Sequential:
-    """4x4 stride-2 conv (mode "blur": after a Blur), optional BN, LeakyReLU(0.2)."""
-    if mode not in DOWNSAMPLES:
-        raise ValueError(f"d_downsample must be one of {', '.join(DOWNSAMPLES)}, got {mode!r}")
-    layers = ([Blur()] if mode == "blur" else []) + [d_conv(cin, cout, 4, 2, 1, norm)]
+def down_block(cin: int, cout: int, bn: bool = True, norm: str = "bn") -> nn.Sequential:
+    """4x4 stride-2 conv, optional BN, LeakyReLU(0.2)."""
+    layers = [d_conv(cin, cout, 4, 2, 1, norm)]
     if bn:
         layers.append(d_norm_layer(cout, norm))
     layers.append(nn.LeakyReLU(0.2, True))
@@ -338,10 +318,8 @@ class _Discriminator(nn.Module):
         ndf, norm = cfg.df_dim, cfg.d_norm
         n_down = _log2(size, "image size") - 2
         chans = [ndf * 2 ** i for i in range(n_down)]
-        mode = cfg.d_downsample
-        layers = [down_block(3, chans[0], bn=False, norm=norm, mode=mode)]
-        layers += [down_block(chans[i], chans[i + 1], norm=norm, mode=mode)
-                   for i in range(n_down - 1)]
+        layers = [down_block(3, chans[0], bn=False, norm=norm)]
+        layers += [down_block(chans[i], chans[i + 1], norm=norm) for i in range(n_down - 1)]
         ch = chans[-1]
         while ch > ndf * 8:  # Stage II: squeeze back to ndf*8 channels at 4x4
             layers += [d_conv(ch, ch // 2, 3, 1, 1, norm), d_norm_layer(ch // 2, norm),

@@ -116,52 +116,6 @@ def test_bilinear_upsampling_reaches_every_g_block_with_the_same_weights():
         check_arch(tiny().to_dict(), tiny(g_upsample="bilinear"), "last.pt")
 
 
-def image_gradient(d, img, text):
-    img = img.clone().requires_grad_(True)
-    cond, uncond, _ = d(img, text)
-    out = cond.sum() + (uncond.sum() if uncond is not None else 0)
-    return torch.autograd.grad(out, img)[0]
-
-
-def same_weights(dst, src):
-    """src's weights into dst, entry by entry (a Blur moves the layers' names, not their shapes)."""
-    ours, theirs = dst.state_dict(), src.state_dict()
-    assert [v.shape for v in ours.values()] == [v.shape for v in theirs.values()]
-    dst.load_state_dict(dict(zip(ours, theirs.values())))
-
-
-def test_blurred_downsampling_gives_d_a_smooth_gradient_with_the_same_weights():
-    """d_downsample blur: every stride-2 conv of both stages' D reads its input through a
-    fixed low-pass filter; no weight is added, and with the same weights the gradient D hands G on an image loses the pixel-period checkerboard that the
-    stride-2 convs give it (StackGAN's "stride", the default and what a checkpoint without
-    the field builds); a resume with the other value is refused."""
-    from model import Blur, Stage2_D
-    from utils import check_arch
-    torch.manual_seed(0)
-    cfg = tiny(stage1_size=32, stage2_size=64)
-    for D in (Stage1_D, Stage2_D):
-        plain, blur = D(cfg).eval(), D(tiny(stage1_size=32, stage2_size=64, d_downsample="blur")).eval()
-        same_weights(blur, plain)
-        downs = [m for m in blur.encode if any(isinstance(c, torch.nn.Conv2d) and c.stride == (2, 2)
-                                               for c in m.modules())]
-        assert downs and all(isinstance(m[0], Blur) for m in downs)
-        assert not any(isinstance(m, Blur) for m in plain.modules())
-    d_plain, d_blur = Stage1_D(cfg).eval(), Stage1_D(tiny(stage1_size=32, d_downsample="blur")).eval()
-    same_weights(d_blur, d_plain)
-    img, text = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 10)
-    # how much of the gradient flips sign from one pixel to the next, against its size
-    rough = lambda g: (g[..., 1:] - g[..., :-1]).abs().mean() / g.abs().mean()  # noqa: E731
-    assert rough(image_gradient(d_blur, img, text)) < 0.7 * rough(image_gradient(d_plain, img, text))
-    flat = torch.full((1, 2, 8, 8), 0.3)
-    assert torch.allclose(Blur()(flat), flat)  # a flat image passes unchanged, edges included
-    old = {k: v for k, v in tiny().to_dict().items() if k != "d_downsample"}
-    assert Config.from_dict(old).d_downsample == "stride"
-    with pytest.raises(UserError, match="d_downsample"):
-        tiny(d_downsample="avgpool").validate()
-    with pytest.raises(UserError, match="d_downsample='stride'"):
-        check_arch(tiny().to_dict(), tiny(d_downsample="blur"), "last.pt")
-
-
 def test_sizes_must_be_powers_of_two():
     with pytest.raises(ValueError, match="power of two"):
         Stage1_G(tiny(stage1_size=48))
