@@ -341,6 +341,7 @@ def test_photos_preset_has_its_stage2_values():
     s2 = settle("--train", "y", "--stage", "2", "--preset", "photos", "--data_dir", "d")
     assert s2 == Config(data_dir="d", stage=2, **{**PHOTOS_PRESET, **PHOTOS_STAGE2})
     assert s2.s2_output == "residual" and s2.skip_excitation and s2.gf_dim < s1.gf_dim
+    assert s2.epochs == 10 < s1.epochs  # Stage II stops before it lays speckle over its drafts
     assert settle("--train", "y", "--stage", "2", "--preset", "photos", "--gf_dim", "8").gf_dim == 8
 
 
